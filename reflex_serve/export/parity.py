@@ -1,0 +1,86 @@
+"""Parity between the PyTorch policy and its ONNX Runtime export.
+
+The runtime's unnormalized actions must equal the PyTorch pipeline's for the same
+observation and noise within 1e-4 max abs (the export contract).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..policy import tokenizer
+from ..policy.modeling import FlowMatchingVLA
+from ..policy.normalize import DatasetStats
+from ..runtime.policy import Policy
+from ..runtime.types import Observation
+
+DEFAULT_TOLERANCE = 1e-4
+_INSTRUCTIONS = ("reach the goal", "push the puck to the target", "", "open the drawer please")
+
+
+class ParityError(AssertionError):
+    """The ONNX Runtime actions differ from the PyTorch actions beyond the tolerance."""
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Result of :func:`check_parity`: max abs difference over all compared actions."""
+
+    max_abs_diff: float
+    tolerance: float
+    observations: int
+    num_steps: int
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+
+def torch_act(model: FlowMatchingVLA, stats: DatasetStats, obs: Observation, noise: np.ndarray,
+              num_steps: int, target_time: str = "instantaneous") -> np.ndarray:
+    """The PyTorch reference for ``Policy.act``: unnormalized actions float32 (H, A)."""
+    cfg = model.config
+    images = torch.from_numpy(np.stack([obs.images[name] for name, _, _ in cfg.cameras])[None])
+    tokens = torch.from_numpy(tokenizer.tokenize(obs.instruction, cfg.max_text_tokens, cfg.vocab_size)[None])
+    state = torch.from_numpy(stats.state.normalize(obs.state)[None])
+    x = model.sample(images, tokens, state, torch.from_numpy(noise[None]), num_steps, target_time)
+    return stats.action.unnormalize(x[0].numpy())
+
+
+def random_observations(policy: Policy, n: int, seed: int = 0) -> list[Observation]:
+    """``n`` deterministic synthetic observations that fit ``policy``'s manifest."""
+    rng = np.random.default_rng(seed)
+    st = policy.stats.state
+    out = []
+    for i in range(n):
+        images = {c.name: rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8) for c in policy.manifest.cameras}
+        state = (st.mean + st.std * rng.standard_normal(st.mean.shape)).astype(np.float32)
+        out.append(Observation(images=images, state=state, instruction=_INSTRUCTIONS[i % len(_INSTRUCTIONS)]))
+    return out
+
+
+def check_parity(model: FlowMatchingVLA, export_dir: Path, *, observations: int = 4, seed: int = 0,
+                 num_steps: int | None = None, tolerance: float = DEFAULT_TOLERANCE) -> ParityReport:
+    """Compare ONNX Runtime and PyTorch actions on synthetic observations.
+
+    Raises:
+        ParityError: if the max abs difference exceeds ``tolerance``.
+    """
+    policy = Policy(export_dir)
+    stats = policy.stats
+    n = num_steps or policy.num_steps
+    worst = 0.0
+    model = model.eval()
+    for i, obs in enumerate(random_observations(policy, observations, seed)):
+        noise = policy.make_noise(seed + i)
+        ours = policy.act(obs, noise=noise, num_steps=n).actions
+        ref = torch_act(model, stats, obs, noise, n, policy.manifest.target_time)
+        worst = max(worst, float(np.abs(ours - ref).max()))
+    report = ParityReport(worst, tolerance, observations, n)
+    if not report.ok:
+        raise ParityError(f"ONNX Runtime vs PyTorch max abs diff {worst:.3g} exceeds {tolerance:g}")
+    return report
