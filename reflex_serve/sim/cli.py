@@ -1,0 +1,205 @@
+"""``reflex sim``: simulator commands (typer sub-app ``sim_app``).
+
+    reflex sim collect --tasks reach-v3,push-v3 --episodes-per-task 40 --out data/demos
+    python -m reflex_serve.sim.cli collect ...      (same, without the main CLI)
+
+``reflex eval`` (closed-loop evaluation of a server or an export) lives in the main CLI
+and calls :func:`reflex_serve.sim.evaluate.run_eval`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from reflex_serve.sim.collect import EVAL_SEED_START, CollectionError, collect
+from reflex_serve.sim.env import STATE_DIMS, parse_image_size, validate_cameras
+from reflex_serve.sim.tasks import DEFAULT_TASKS, TASKS, parse_task_list
+
+sim_app = typer.Typer(help="MetaWorld simulation: scripted-expert demos.", no_args_is_help=True)
+
+
+def parse_tasks_option(values: list[str] | None, flag: str = "--tasks") -> list[str]:
+    """Parse a repeated / comma-separated task option; BadParameter names ``flag``."""
+    try:
+        return parse_task_list(values or None)
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if e.args else str(e)
+        raise typer.BadParameter(f"{msg}", param_hint=flag) from None
+
+
+def parse_cameras_option(values: list[str] | None, flag: str = "--cameras") -> tuple[str, ...]:
+    """Parse a repeated / comma-separated camera option; BadParameter names ``flag``."""
+    try:
+        return validate_cameras(",".join(values) if values else "corner2")
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint=flag) from None
+
+
+def parse_image_size_option(value: str, flag: str = "--image-size") -> tuple[int, int]:
+    """Parse ``N`` or ``HxW``; BadParameter names ``flag``."""
+    try:
+        return parse_image_size(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint=flag) from None
+
+
+def parse_state_option(value: str, flag: str = "--state") -> str:
+    """Check a state mode (full | proprio); BadParameter names ``flag``."""
+    if value not in STATE_DIMS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(STATE_DIMS)}, got {value!r}", param_hint=flag
+        )
+    return value
+
+
+@sim_app.command("collect")
+def collect_command(
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tasks",
+            metavar="TASKS",
+            help=f"Tasks, comma list or repeated (default: {','.join(DEFAULT_TASKS)}). "
+            f"Known: {', '.join(sorted(TASKS))}.",
+        ),
+    ] = None,
+    episodes_per_task: Annotated[
+        int, typer.Option("--episodes-per-task", help="Successful episodes per task.")
+    ] = 40,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed", help=f"First episode seed; attempt k uses seed + k (< {EVAL_SEED_START})."
+        ),
+    ] = 0,
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("data/demos"),
+    cameras: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cameras",
+            metavar="CAMERAS",
+            help="Cameras, comma list or repeated (default: corner2).",
+        ),
+    ] = None,
+    image_size: Annotated[
+        str, typer.Option("--image-size", metavar="N|HxW", help="Image size in pixels.")
+    ] = "64",
+    state: Annotated[
+        str,
+        typer.Option(
+            "--state",
+            metavar="full|proprio",
+            help="State: full (39-d) or proprio (hand xyz + gripper).",
+        ),
+    ] = "full",
+    keep_failures: Annotated[
+        bool, typer.Option("--keep-failures", help="Also store failed expert episodes.")
+    ] = False,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Episode horizon (default: per task).")
+    ] = None,
+    hold_steps: Annotated[
+        int, typer.Option("--hold-steps", help="Steps recorded after the first success.")
+    ] = 5,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            "--max-attempts", help="Episodes tried per task at most (default: 2 x episodes + 10)."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing dataset in --out.")
+    ] = False,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
+    ] = True,
+) -> None:
+    """Collect scripted-expert demonstrations (reflex-demos format: meta.json + <task>.npz)."""
+    task_list = parse_tasks_option(tasks)
+    cams = parse_cameras_option(cameras)
+    hw = parse_image_size_option(image_size)
+    state = parse_state_option(state)
+    if episodes_per_task < 1:
+        raise typer.BadParameter(
+            f"must be >= 1, got {episodes_per_task}", param_hint="--episodes-per-task"
+        )
+    if seed < 0:
+        raise typer.BadParameter(f"must be >= 0, got {seed}", param_hint="--seed")
+    if max_steps is not None and not 1 <= max_steps <= 500:
+        raise typer.BadParameter(f"must be in [1, 500], got {max_steps}", param_hint="--max-steps")
+    if hold_steps < 0:
+        raise typer.BadParameter(f"must be >= 0, got {hold_steps}", param_hint="--hold-steps")
+    attempts = max_attempts if max_attempts is not None else 2 * episodes_per_task + 10
+    if attempts < episodes_per_task:
+        raise typer.BadParameter(
+            f"must be >= --episodes-per-task ({episodes_per_task})", param_hint="--max-attempts"
+        )
+    if seed + attempts > EVAL_SEED_START:
+        raise typer.BadParameter(
+            f"seeds [{seed}, {seed + attempts}) would reach the evaluation range (>= {EVAL_SEED_START})",
+            param_hint="--seed",
+        )
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
+    if not overwrite and (out / "meta.json").exists():
+        raise typer.BadParameter(
+            f"{out} already holds a dataset; pass --overwrite", param_hint="--out"
+        )
+    console = Console()
+    try:
+        result = collect(
+            task_list,
+            episodes_per_task,
+            seed,
+            out,
+            cams,
+            hw,
+            state,
+            keep_failures=keep_failures,
+            progress=progress,
+            max_steps=max_steps,
+            hold_steps=hold_steps,
+            max_attempts=attempts,
+            overwrite=overwrite,
+        )
+    except (CollectionError, FileExistsError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    table = Table(title=f"{result.out_dir}  ({result.wall_s:.1f} s)")
+    for col in ("task", "episodes", "attempts", "frames", "length mean [min, max]", "s"):
+        table.add_column(col)
+    for r in result.tasks:
+        d = r.to_dict()
+        table.add_row(
+            r.task,
+            str(r.episodes),
+            str(r.attempts),
+            str(r.frames),
+            f"{d['length_mean']:.1f} [{d['length_min']}, {d['length_max']}]",
+            f"{r.wall_s:.1f}",
+        )
+    console.print(table)
+
+
+@sim_app.command("info")
+def info_command(
+    path: Annotated[Path, typer.Argument(help="A reflex-demos directory.")],
+) -> None:
+    """Print a demo directory's meta and per-task counts."""
+    from reflex_serve.sim.dataset import read_meta
+
+    try:
+        meta = read_meta(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise typer.BadParameter(str(e), param_hint="PATH") from None
+    typer.echo(json.dumps(meta, indent=2))
+
+
+if __name__ == "__main__":
+    sim_app()
