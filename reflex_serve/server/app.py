@@ -1,0 +1,117 @@
+"""The FastAPI app: ``create_app(policy, settings)``.
+
+Routes (one router per concern, in :mod:`reflex_serve.server.routes`):
+
+    POST /act            observation -> action chunk (JSON or msgpack)    [API key]
+    GET  /health         503 while warming up, then 200; model summary
+    GET  /healthz        openpi-style plain "OK" probe
+    GET  /metrics        Prometheus text
+    WS   /  and  /ws     the openpi websocket protocol                    [API key]
+    GET  /openapi.json   the contract: request, response and error models
+
+Later routers (admin API, version management) are added with ``app.include_router``;
+they find everything through :func:`reflex_serve.server.state.get_state`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+from fastapi import Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from reflex_serve.server.auth import require_api_key
+from reflex_serve.server.errors import install_error_handlers
+from reflex_serve.server.routes import act, health, metrics, websocket
+from reflex_serve.server.schemas import ActRequest
+from reflex_serve.server.settings import ServerSettings
+from reflex_serve.server.state import ActHook, PolicyPicker, ServingState, SinglePolicy
+
+if TYPE_CHECKING:
+    from reflex_serve.runtime.policy import Policy
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    policy: Policy | None,
+    settings: ServerSettings | None = None,
+    *,
+    picker: PolicyPicker | None = None,
+    hooks: Sequence[ActHook] = (),
+) -> FastAPI:
+    """Build the serving app for one policy (or for a custom ``picker``).
+
+    Args:
+        policy: the policy to serve; ignored when ``picker`` is given (pass ``None``).
+        settings: server settings; defaults to :class:`ServerSettings()`.
+        picker: chooses the policy per request (a versioning router); default: always
+            ``policy``.
+        hooks: called with an :class:`~reflex_serve.server.state.ActRecord` after each
+            served chunk, off the response path (data collection).
+
+    On startup the app warms the served policies in a background thread
+    (``settings.warmup_iters`` calls each) and ``/health`` answers 503 until that is done;
+    ``/act`` serves meanwhile. The state is at ``app.state.reflex``.
+    """
+    settings = settings or ServerSettings()
+    if picker is None:
+        if policy is None:
+            raise ValueError("create_app needs a policy or a picker")
+        picker = SinglePolicy(policy)
+    state = ServingState(picker, settings, hooks)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        warm = asyncio.get_running_loop().run_in_executor(None, state.warm_up)
+        try:
+            yield
+        finally:
+            await warm
+            state.close()
+
+    app = FastAPI(
+        title="reflex-serve",
+        summary="Action chunks from a flow-matching VLA policy.",
+        version=_package_version(),
+        lifespan=lifespan,
+    )
+    app.state.reflex = state
+    install_error_handlers(app)
+    auth = [Depends(require_api_key)] if settings.api_key else []
+    app.include_router(act.router, dependencies=auth)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(websocket.router)
+    _document_request_models(app)
+    return app
+
+
+def _document_request_models(app: FastAPI) -> None:
+    """Add :class:`ActRequest` (parsed by hand, so FastAPI cannot see it) to the schema."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            request = ActRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(request.pop("$defs", {}))
+            components["ActRequest"] = request
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def _package_version() -> str:
+    try:
+        return version("reflex-serve")
+    except PackageNotFoundError:
+        return "0+unknown"

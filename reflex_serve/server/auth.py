@@ -1,0 +1,57 @@
+"""API-key authentication.
+
+Accepted header forms: ``Authorization: Bearer <key>`` and openpi's
+``Authorization: Api-Key <key>`` (what ``openpi_client.WebsocketClientPolicy(api_key=...)``
+sends). Keys are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from reflex_serve.server.errors import ApiError
+from reflex_serve.server.metrics import http_transport
+from reflex_serve.server.state import get_state
+
+_SCHEMES = ("bearer", "api-key")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="`Authorization: Bearer <api key>` (openpi's `Api-Key <key>` also works).",
+)
+
+
+def authorized(expected: str | None, authorization: str | None) -> bool:
+    """Whether an ``Authorization`` header value carries the ``expected`` key.
+
+    Always true when no key is configured (``expected`` is None).
+    """
+    if expected is None:
+        return True
+    if not authorization:
+        return False
+    scheme, _, key = authorization.strip().partition(" ")
+    if scheme.lower() not in _SCHEMES:
+        return False
+    return hmac.compare_digest(key.strip().encode(), expected.encode())
+
+
+async def require_api_key(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
+) -> None:
+    """FastAPI dependency: 401 unless the request carries the configured API key.
+
+    ``_credentials`` is there to document the Bearer scheme in OpenAPI; the header is
+    parsed by :func:`authorized` so that openpi's ``Api-Key`` scheme works too.
+    """
+    state = get_state(request)
+    if authorized(state.settings.api_key, request.headers.get("authorization")):
+        return
+    state.metrics.observe_error(401, http_transport(request.headers.get("content-type")))
+    raise ApiError(
+        401, "missing or invalid API key", headers={"WWW-Authenticate": 'Bearer realm="reflex"'}
+    )

@@ -1,0 +1,108 @@
+"""``serve()``: load an export, start uvicorn, warm up, serve until SIGTERM / Ctrl-C.
+
+``reflex serve`` (reflex_serve/cli.py) calls :func:`serve`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from reflex_serve.server.app import create_app
+from reflex_serve.server.runner import bind_socket, uvicorn_config
+from reflex_serve.server.settings import MIB, ServerSettings
+from reflex_serve.server.state import ActHook
+
+log = logging.getLogger(__name__)
+
+
+def serve(
+    export_dir: Path | str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    num_steps: int | None = None,
+    threads: int = 1,
+    workers: int = 2,
+    cache_mb: int = 256,
+    max_body_mb: float = 8,
+    warmup_iters: int = 3,
+    log_level: str = "info",
+    hooks: Sequence[ActHook] = (),
+) -> None:
+    """Serve ``export_dir`` over HTTP (``/act``, ``/health``, ``/metrics``) and websocket.
+
+    Blocks until SIGINT or SIGTERM; on either, uvicorn stops accepting connections,
+    finishes requests in flight (up to 10 s), runs the app's shutdown and returns.
+
+    Args:
+        export_dir: an export directory (ARCHITECTURE.md).
+        host, port: where to listen (``port=0`` picks a free port; the URL is printed).
+        api_key: require ``Authorization: Bearer <key>`` on /act and the websocket.
+        num_steps: default Euler steps (the manifest's if None).
+        threads: ONNX Runtime intra-op threads per session.
+        workers: requests computed at once (act worker threads).
+        cache_mb: prefix KV cache capacity in MiB (0 disables it).
+        max_body_mb: largest request body / websocket frame, in MiB.
+        warmup_iters: warm-up calls before /health reports ready.
+        log_level: uvicorn / logging level name.
+        hooks: called with each served ActRecord (data collection).
+
+    Raises:
+        ExportError: if ``export_dir`` is not a valid export.
+    """
+    from reflex_serve.runtime.cache import PrefixCache
+    from reflex_serve.runtime.policy import Policy
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    cache = PrefixCache(int(cache_mb * MIB)) if cache_mb > 0 else None
+    policy = Policy(export_dir, num_steps=num_steps, intra_op_threads=threads, cache=cache)
+    settings = ServerSettings(
+        api_key=api_key,
+        num_steps=num_steps,
+        max_body_bytes=int(max_body_mb * MIB),
+        warmup_iters=warmup_iters,
+        act_workers=workers,
+    )
+    app = create_app(policy, settings, hooks=hooks)
+    sock = bind_socket(host, port)
+    bound_port = sock.getsockname()[1]
+    url_host = f"[{host}]" if ":" in host else host
+    m = policy.manifest
+    print(
+        f"reflex-serve: model {policy.version} ({m.policy_kind}, {policy.num_steps} steps, "
+        f"chunk {m.chunk_size}x{m.action_dim}) at http://{url_host}:{bound_port}  "
+        f"(openpi websocket ws://{url_host}:{bound_port}/)",
+        flush=True,
+    )
+    server = uvicorn.Server(
+        uvicorn_config(app, max_body_bytes=settings.max_body_bytes, log_level=log_level)
+    )
+    _run_until_signal(server, sock)
+    print("reflex-serve: stopped", flush=True)
+
+
+def _run_until_signal(server: uvicorn.Server, sock) -> None:
+    """Run uvicorn; after its graceful shutdown on SIGTERM / SIGINT, return normally.
+
+    uvicorn re-raises the signal it caught once it has shut down; a no-op SIGTERM
+    handler (restored afterwards) and catching KeyboardInterrupt make that a clean
+    return, so the process exits 0 rather than by signal.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: None) if main else None
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+        if main:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,184 @@
+"""The serving state of one app: which policy answers, warm-up, workers, hooks, metrics.
+
+Routers reach it as ``request.app.state.reflex`` (:func:`get_state`). Two seams are here
+for later work:
+
+- :class:`PolicyPicker`: ``pick(connection) -> Policy``. The default serves one policy;
+  a versioning router (shadow / canary / warm-swap) plugs in its own picker.
+- ``hooks``: callables given an :class:`ActRecord` after each served chunk, off the
+  response path (a data collector enqueues it for its writer thread). A hook that
+  raises is logged and ignored; hooks must not block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from starlette.requests import HTTPConnection
+
+from reflex_serve.runtime.types import ActResult, InvalidObservation, Observation
+from reflex_serve.server.errors import ApiError
+from reflex_serve.server.metrics import ServerMetrics
+from reflex_serve.server.observations import ActParams
+from reflex_serve.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from reflex_serve.runtime.policy import Policy
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class PolicyPicker(Protocol):
+    """Chooses the policy that answers a request."""
+
+    def pick(self, connection: HTTPConnection) -> Policy:
+        """The policy for this HTTP request or websocket connection."""
+
+    def policies(self) -> Sequence[Policy]:
+        """Every policy currently served (for warm-up, /health and /metrics)."""
+
+
+class SinglePolicy:
+    """A :class:`PolicyPicker` that always answers with one policy."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def pick(self, connection: HTTPConnection) -> Policy:
+        return self.policy
+
+    def policies(self) -> Sequence[Policy]:
+        return (self.policy,)
+
+
+@dataclass(frozen=True)
+class ActRecord:
+    """One served policy call, as handed to hooks.
+
+    Attributes:
+        request_id: the id returned to the client.
+        transport: ``"http_json"``, ``"http_msgpack"`` or ``"websocket"``.
+        received_at: Unix time the request arrived, in seconds.
+        observation: the decoded observation (uint8 images, float32 state).
+        params: episode id, step, num_steps and seed of the request.
+        result: what the policy returned (actions, timings, version).
+        server_ms: request received to response encoded, in ms.
+        client: the peer's ``host:port``, if known.
+    """
+
+    request_id: str
+    transport: str
+    received_at: float
+    observation: Observation
+    params: ActParams
+    result: ActResult
+    server_ms: float
+    client: str | None = None
+
+
+ActHook = Callable[[ActRecord], None]
+
+
+class ServingState:
+    """Everything the routers share. Built by ``create_app``; one per app."""
+
+    def __init__(
+        self, picker: PolicyPicker, settings: ServerSettings, hooks: Sequence[ActHook] = ()
+    ) -> None:
+        self.picker = picker
+        self.settings = settings
+        self.hooks: list[ActHook] = list(hooks)
+        self._ready = threading.Event()
+        self.metrics = ServerMetrics(picker.policies, self._ready.is_set)
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- policy selection and calls -------------------------------------------------------
+
+    def pick(self, connection: HTTPConnection) -> Policy:
+        """The policy that answers ``connection`` (see :class:`PolicyPicker`)."""
+        return self.picker.pick(connection)
+
+    def act(self, policy: Policy, obs: Observation, params: ActParams) -> ActResult:
+        """Call ``policy.act`` with the request's options (blocking; run in a worker).
+
+        Raises:
+            ApiError: 422 if the policy rejects the observation.
+        """
+        try:
+            return policy.act(
+                obs, num_steps=params.num_steps or self.settings.num_steps, seed=params.seed
+            )
+        except InvalidObservation as exc:
+            raise ApiError.from_invalid_observation(exc) from None
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        """Run blocking ``fn(*args)`` on the act workers, off the event loop.
+
+        The workers are started on first use (and again after :meth:`close`, so an app
+        can be served more than once).
+        """
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                self.settings.act_workers, thread_name_prefix="reflex-act"
+            )
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def run_hooks(self, record: ActRecord) -> None:
+        """Give ``record`` to every hook; failures are logged, never raised."""
+        for hook in self.hooks:
+            try:
+                hook(record)
+            except Exception:
+                log.exception("act hook %r failed", hook)
+
+    # -- warm-up ----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether warm-up is done (``/health`` answers 200)."""
+        return self._ready.is_set()
+
+    def mark_ready(self) -> None:
+        """Report ready on ``/health`` (done by :meth:`warm_up`)."""
+        self._ready.set()
+
+    def warm_up(self) -> None:
+        """Warm every served policy (blocking), then mark the app ready.
+
+        A failed warm-up is logged and leaves the app not ready (``/health`` stays 503).
+        """
+        start = time.perf_counter()
+        try:
+            if self.settings.warmup_iters:
+                for policy in self.picker.policies():
+                    policy.warmup(self.settings.warmup_iters)
+        except Exception:
+            log.exception("warm-up failed; /health stays 503")
+            return
+        log.info("warm-up done in %.0f ms", (time.perf_counter() - start) * 1e3)
+        self.mark_ready()
+
+    def close(self) -> None:
+        """Stop the act workers (waits for calls in flight)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+
+def peer(connection: HTTPConnection) -> str | None:
+    """``host:port`` of the client of ``connection``, if known."""
+    client = connection.client
+    return f"{client.host}:{client.port}" if client else None
+
+
+def get_state(connection: HTTPConnection) -> ServingState:
+    """The :class:`ServingState` of the app serving ``connection``."""
+    return connection.app.state.reflex
