@@ -1,63 +1,78 @@
-"""The `reflex` command line."""
+"""The `reflex` command line (typer).
+
+Commands import their heavy dependencies lazily so that ``reflex --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, NoReturn
 
 import typer
+
+from .sim.cli import sim_app
 
 app = typer.Typer(help="reflex-serve: serve, distill and ship flow-matching VLA robot policies.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 train_app = typer.Typer(help="Train policies.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+app.add_typer(sim_app, name="sim", help="MetaWorld simulation: demonstrations.")
+
+ExportArg = Annotated[Path | None, typer.Argument(
+    help="Export directory (default: the shipped MetaWorld teacher).", show_default=False)]
 
 
-def _sim_app() -> typer.Typer:
-    from .sim.cli import sim_app
-
-    return sim_app
-
-
-app.add_typer(_sim_app(), name="sim", help="MetaWorld simulation: demonstrations.")
-
-
-def _fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` to stderr and exit with status 2."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 
+def resolve_export(export_dir: Path | None) -> Path:
+    """The given export directory, or the shipped teacher; exits with a message if invalid."""
+    from .assets import default_teacher
+    from .export.manifest import ExportError, read_manifest
+
+    try:
+        path = export_dir if export_dir is not None else default_teacher()
+        read_manifest(path)
+    except (ExportError, FileNotFoundError) as exc:
+        fail(f"EXPORT_DIR: {exc}")
+    return path
+
+
 @train_app.command("policy")
 def train_policy_cmd(
-    data: Path = typer.Option(Path("data/demos"), "--data", help="Demonstration directory (reflex sim collect)."),
-    output: Path = typer.Option(Path("runs/policy"), "--output", "-o", help="Run directory (checkpoints, logs)."),
-    tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks to train on (default: all in --data)."),
-    steps: int = typer.Option(20000, min=1, help="Optimizer steps."),
-    batch_size: int = typer.Option(64, min=1),
-    lr: float = typer.Option(3e-4, min=0.0),
-    chunk_size: int = typer.Option(8, min=1, help="Actions per chunk (H)."),
-    n_action_steps: int = typer.Option(4, min=1, help="Actions a controller executes per chunk."),
-    width: int = typer.Option(128, min=8, help="Transformer width."),
-    prefix_layers: int = typer.Option(3, min=1),
-    expert_layers: int = typer.Option(4, min=1),
-    seed: int = typer.Option(0),
-    threads: int = typer.Option(2, min=1, help="Torch threads."),
-    max_minutes: Optional[float] = typer.Option(None, help="Stop after this many minutes (resumable)."),
-    resume: bool = typer.Option(False, help="Continue from the run directory's checkpoint."),
-    export: Optional[Path] = typer.Option(None, help="Also write an export directory here when done."),
+    data: Annotated[Path, typer.Option(help="Demonstration directory (reflex sim collect).")] = Path("data/demos"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory (checkpoints, logs).")] = Path("runs/policy"),
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks (default: all in --data).")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 20000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    lr: Annotated[float, typer.Option(min=0.0)] = 3e-4,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Actions per chunk (H).")] = 8,
+    n_action_steps: Annotated[int, typer.Option(min=1, help="Actions executed per chunk.")] = 4,
+    width: Annotated[int, typer.Option(min=8, help="Transformer width.")] = 128,
+    prefix_layers: Annotated[int, typer.Option(min=1)] = 3,
+    expert_layers: Annotated[int, typer.Option(min=1)] = 4,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int, typer.Option(min=1, help="Torch threads.")] = 2,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes (resumable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run directory's checkpoint.")] = False,
+    export: Annotated[Path | None, typer.Option(help="Also write an export directory here.")] = None,
 ) -> None:
     """Train a flow-matching VLA on demonstrations (pi0-style prefix + action expert)."""
     from .policy.configuration import PolicyConfig
+    from .policy.data import FrameData
     from .policy.train import TrainConfig, train_policy
     from .policy.training import LoopConfig
-    from .sim.dataset import frames_from_demos, load_demos
+    from .sim.dataset import load_demos
 
     if n_action_steps > chunk_size:
         raise typer.BadParameter(f"must be <= --chunk-size ({chunk_size})", param_hint="--n-action-steps")
     try:
         demos = load_demos(data, tasks=tasks.split(",") if tasks else None)
     except (FileNotFoundError, ValueError) as exc:
-        _fail(f"--data: {exc}")
+        fail(f"--data: {exc}")
     meta = demos.meta
     try:
         cfg = PolicyConfig(
@@ -67,20 +82,20 @@ def train_policy_cmd(
             expert_layers=expert_layers, state_mode=meta["state_mode"],
         )
     except ValueError as exc:
-        _fail(str(exc))
-    frames = frames_from_demos(demos)
-    provenance = {"data": str(data), "tasks": demos.tasks, "episodes": int(demos.num_episodes),
+        fail(str(exc))
+    frames = FrameData.from_demos(demos)
+    provenance = {"data": str(data), "tasks": demos.tasks, "episodes": demos.num_episodes,
                   "frames": len(frames.images), "seed": seed}
     typer.echo(f"training on {len(frames.images)} frames from {demos.num_episodes} episodes of {demos.tasks}")
-    loop = LoopConfig(steps=steps, lr=lr, max_minutes=max_minutes)
-    model, stats = train_policy(frames, cfg, output, loop, TrainConfig(batch_size=batch_size, seed=seed, threads=threads),
-                                resume=resume, provenance=provenance)
+    train_policy(frames, cfg, output, LoopConfig(steps=steps, lr=lr, max_minutes=max_minutes),
+                 TrainConfig(batch_size=batch_size, seed=seed, threads=threads), resume=resume, provenance=provenance)
     typer.echo(f"run written to {output}")
     if export is not None:
-        _export_run(output, export, overwrite=False)
+        export_run(output, export, overwrite=False)
 
 
-def _export_run(run_dir: Path, output: Path, overwrite: bool, num_steps: Optional[int] = None) -> None:
+def export_run(run_dir: Path, output: Path, overwrite: bool, num_steps: int | None = None) -> None:
+    """Export a training run and check ONNX Runtime / PyTorch parity; exits on error."""
     from .export.manifest import ExportError
     from .export.onnx_export import export_policy
     from .export.parity import ParityError, check_parity
@@ -89,27 +104,117 @@ def _export_run(run_dir: Path, output: Path, overwrite: bool, num_steps: Optiona
     try:
         model, stats, info = load_run(run_dir)
     except FileNotFoundError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     provenance = {**info.get("provenance", {}), "trained_steps": info["trained_steps"],
                   "train": info.get("train"), "loop": info.get("loop")}
     try:
         manifest = export_policy(model, stats, output, num_steps=num_steps, provenance=provenance, overwrite=overwrite)
         report = check_parity(model, output)
     except (ExportError, ParityError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"exported version {manifest.version} to {output} "
                f"(parity max abs diff {report.max_abs_diff:.2e} <= {report.tolerance:g})")
 
 
 @app.command("export")
 def export_cmd(
-    run_dir: Path = typer.Argument(..., help="Training run directory (reflex train policy --output)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Export directory to write."),
-    num_steps: Optional[int] = typer.Option(None, min=1, max=100, help="Default Euler steps in the manifest."),
-    overwrite: bool = typer.Option(False, help="Replace a non-empty output directory."),
+    run_dir: Annotated[Path, typer.Argument(help="Training run directory (reflex train policy --output).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Export directory to write.")],
+    num_steps: Annotated[int | None, typer.Option(min=1, max=100, help="Default Euler steps.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
 ) -> None:
     """Write an export directory (ONNX graphs, weights, stats, manifest) and check parity."""
-    _export_run(run_dir, output, overwrite, num_steps)
+    export_run(run_dir, output, overwrite, num_steps)
+
+
+@app.command("serve")
+def serve_cmd(
+    export_dir: ExportArg = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8000,
+    api_key: Annotated[str | None, typer.Option(envvar="REFLEX_API_KEY", help="Require 'Authorization: Bearer KEY' on /act.")] = None,
+    num_steps: Annotated[int | None, typer.Option(min=1, max=100, help="Default Euler steps (manifest's if unset).")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads per session.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Requests computed at once.")] = 2,
+    cache_mb: Annotated[float, typer.Option(min=0, help="Prefix KV cache size in MiB (0 disables).")] = 256,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body in MiB.")] = 8,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Serve a policy: POST /act (JSON or msgpack), the openpi websocket, /health, /metrics."""
+    from .server.cli import serve
+
+    serve(resolve_export(export_dir), host=host, port=port, api_key=api_key, num_steps=num_steps,
+          threads=threads, workers=workers, cache_mb=cache_mb, max_body_mb=max_body_mb, log_level=log_level)
+
+
+@app.command("eval")
+def eval_cmd(
+    export_dir: ExportArg = None,
+    server: Annotated[str | None, typer.Option(help="Evaluate a running server (http://host:port) instead.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="REFLEX_API_KEY", help="API key for --server.")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated MetaWorld tasks (default: the six).")] = None,
+    num_episodes: Annotated[int, typer.Option(min=1, help="Episodes per task.")] = 10,
+    seed: Annotated[int, typer.Option(help="First episode seed (default: never used for demos).")] = 1_000_000,
+    num_steps: Annotated[int | None, typer.Option(min=1, max=100, help="Override the denoising steps.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write eval.json and eval.md here.")] = None,
+    gif: Annotated[bool, typer.Option(help="Also write episodes.gif (needs --out).")] = False,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads (in-process).")] = 1,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Closed-loop MetaWorld evaluation: success rate with Wilson 95% intervals, /act latency."""
+    from .client import LocalClient, ReflexClient, ReflexClientError
+    from .sim.evaluate import run_eval, sim_settings_from_manifest
+    from .sim.tasks import parse_task_list
+
+    if server is not None and export_dir is not None:
+        raise typer.BadParameter("give either EXPORT_DIR or --server, not both", param_hint="--server")
+    if gif and out is None:
+        raise typer.BadParameter("--gif needs --out", param_hint="--gif")
+    try:
+        task_list = parse_task_list(tasks)
+    except (KeyError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tasks") from exc
+    if server is not None:
+        client = ReflexClient(server, api_key=api_key)
+        try:
+            summary = client.wait_ready(timeout_s=30)
+        except ReflexClientError as exc:
+            fail(f"--server {server}: {exc}")
+    else:
+        from .runtime.policy import Policy
+
+        policy = Policy(resolve_export(export_dir), intra_op_threads=threads)
+        client, summary = LocalClient(policy), policy.manifest
+    run_eval(client, task_list, num_episodes, seed, out_dir=out, gif=gif, num_steps=num_steps,
+             progress=progress, **sim_settings_from_manifest(summary))
+
+
+@app.command("demo")
+def demo_cmd(
+    export_dir: ExportArg = None,
+    num_episodes: Annotated[int, typer.Option(min=1, help="Episodes per task.")] = 5,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated MetaWorld tasks (default: the six).")] = None,
+    out: Annotated[Path, typer.Option(help="Where the report and a GIF go.")] = Path("runs/demo"),
+) -> None:
+    """Serve the teacher on loopback and drive it with the MetaWorld robot, as a controller would."""
+    from .client import ReflexClient
+    from .runtime.cache import PrefixCache
+    from .runtime.policy import Policy
+    from .server.app import create_app
+    from .server.runner import BackgroundServer
+    from .sim.evaluate import run_eval, sim_settings_from_manifest
+    from .sim.tasks import parse_task_list
+
+    try:
+        task_list = parse_task_list(tasks)
+    except (KeyError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tasks") from exc
+    policy = Policy(resolve_export(export_dir), cache=PrefixCache(64 << 20))
+    with BackgroundServer(create_app(policy)) as server, ReflexClient(server.url) as client:
+        typer.echo(f"serving {policy.version} at {server.url}; MetaWorld drives it through POST /act")
+        client.wait_ready()
+        run_eval(client, task_list, num_episodes, out_dir=out, gif=True, **sim_settings_from_manifest(policy.manifest))
+    typer.echo(f"report and episodes.gif written to {out}")
 
 
 if __name__ == "__main__":

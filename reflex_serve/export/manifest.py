@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,7 @@ def compute_digest(export_dir: Path, manifest: Manifest) -> str:
 def write_manifest(export_dir: Path, manifest: Manifest) -> Manifest:
     """Fill in digest and creation time and write ``manifest.json``; returns the manifest."""
     manifest.digest = compute_digest(export_dir, manifest)
-    manifest.created_at = datetime.now(timezone.utc).isoformat()
+    manifest.created_at = datetime.now(UTC).isoformat()
     (Path(export_dir) / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     return manifest
 

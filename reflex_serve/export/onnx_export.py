@@ -18,7 +18,16 @@ from torch import nn
 from ..policy import tokenizer
 from ..policy.modeling import FlowMatchingVLA
 from ..policy.normalize import DatasetStats
-from .manifest import EXPERT_ONNX, PREFIX_ONNX, STATS, WEIGHTS, CameraSpec, ExportError, Manifest, write_manifest
+from .manifest import (
+    EXPERT_ONNX,
+    PREFIX_ONNX,
+    STATS,
+    WEIGHTS,
+    CameraSpec,
+    ExportError,
+    Manifest,
+    write_manifest,
+)
 from .weights import save_weights
 
 OPSET = 17

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 from ..policy.configuration import PolicyConfig

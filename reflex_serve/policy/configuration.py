@@ -35,7 +35,7 @@ class PolicyConfig:
     n_action_steps: int = 4
     width: int = 128
     num_heads: int = 4
-    mlp_ratio: int = 4
+    mlp_ratio: int = 2
     prefix_layers: int = 3
     expert_layers: int = 4
     max_text_tokens: int = 16

@@ -42,6 +42,12 @@ class FrameData:
         if n == 0:
             raise ValueError("no frames to train on")
 
+    @classmethod
+    def from_demos(cls, demos) -> FrameData:
+        """Frames of a loaded demo directory (:class:`reflex_serve.sim.dataset.Demos`)."""
+        return cls(images=demos.images, state=demos.state, action=demos.action,
+                   episode_index=demos.episode_index, instruction=demos.frame_instructions())
+
     def fit_stats(self) -> DatasetStats:
         """Mean/std (with a floor) of state and action."""
         return DatasetStats(state=Stats.fit(self.state), action=Stats.fit(self.action))

@@ -2,7 +2,7 @@
 
 Two parts with the interfaces the export directory fixes:
 
-* the **prefix** encodes camera images (a conv stem, 16x16 pixels per token) and
+* the **prefix** encodes camera images (a patch stem, 16x16 pixels per token) and
   instruction tokens with a bidirectional transformer, then projects its output into
   one key/value pair per action-expert layer: ``prefix_kv`` (B, L, 2, P, D) and
   ``prefix_mask`` (B, P) (1.0 for real tokens, 0.0 for padding). It depends only on the
@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .configuration import PolicyConfig
@@ -89,12 +88,9 @@ class PrefixEncoder(nn.Module):
         super().__init__()
         d = cfg.width
         self.num_cams = len(cfg.cameras)
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, 32, 4, 2, 1), nn.GELU(),
-            nn.Conv2d(32, 64, 4, 2, 1), nn.GELU(),
-            nn.Conv2d(64, 128, 4, 2, 1), nn.GELU(),
-            nn.Conv2d(128, d, 4, 2, 1),
-        )
+        # 8x8 patches, then a 2x2 conv: one token per 16x16 pixels (ViT-style hybrid stem,
+        # a tenth of the cost of a strided conv stack on two CPU cores).
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 8, 8), nn.GELU(), nn.Conv2d(64, d, 2, 2))
         tokens_per_cam = cfg.image_tokens // self.num_cams
         self.image_pos = nn.Parameter(torch.randn(self.num_cams, tokens_per_cam, d) * 0.02)
         self.text_embed = nn.Embedding(cfg.vocab_size, d)

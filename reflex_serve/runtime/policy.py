@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..export.manifest import EXPERT_ONNX, PREFIX_ONNX, STATS, ExportError, Manifest, _file_sha256, read_manifest
+from ..export.manifest import (
+    EXPERT_ONNX,
+    PREFIX_ONNX,
+    STATS,
+    ExportError,
+    Manifest,
+    _file_sha256,
+    read_manifest,
+)
 from ..policy import tokenizer
 from ..policy.flow import euler_schedule
 from ..policy.normalize import DatasetStats
