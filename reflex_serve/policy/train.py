@@ -87,7 +87,7 @@ def train_policy(frames: FrameData, cfg: PolicyConfig, out_dir: Path, loop: Loop
         return {"loss": flow_matching_loss(model, images, tokens, state, chunks, train.noise_draws, gen)}
 
     ema = run_loop(model, list(model.parameters()), step_fn, loop, out_dir, resume=resume,
-                   description="train policy")
+                   description="train policy", generator=gen)
     return ema.model, stats
 
 

@@ -79,13 +79,15 @@ def run_loop(
     *,
     resume: bool = False,
     description: str = "training",
+    generator: torch.Generator | None = None,
 ) -> EMA:
     """Optimise ``params`` with AdamW on the loss that ``step_fn(step)`` returns.
 
     ``step_fn`` returns a dict of scalar tensors; its ``"loss"`` entry is minimised and
     every entry is shown on the progress bar and written to ``train_log.jsonl``. A
-    checkpoint (model, EMA, optimiser, step, RNG) is written every ``checkpoint_every``
-    steps and at the end; ``resume`` continues from it.
+    checkpoint (model, EMA, optimiser, step, the global RNG and ``generator``, the one
+    that draws batches) is written every ``checkpoint_every`` steps and at the end;
+    ``resume`` continues from it with the same batch sequence as an uninterrupted run.
 
     Returns:
         the EMA (its ``model`` holds the averaged weights).
@@ -102,11 +104,14 @@ def run_loop(
         ema.model.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"])
+        if generator is not None and ckpt.get("generator") is not None:
+            generator.set_state(ckpt["generator"])
         start = ckpt["step"]
 
     def save(step: int) -> None:
         torch.save({"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": opt.state_dict(),
-                    "rng": torch.get_rng_state(), "step": step}, ckpt_path)
+                    "rng": torch.get_rng_state(), "step": step,
+                    "generator": generator.get_state() if generator is not None else None}, ckpt_path)
 
     t0 = time.monotonic()
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -1,0 +1,93 @@
+"""The documented pipeline as a new user runs it: collect -> train -> export -> eval."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import pytest
+from typer.testing import CliRunner
+
+from reflex_serve.cli import app
+from reflex_serve.export.manifest import read_manifest
+
+runner = CliRunner()
+ENV = {"COLUMNS": "200"}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    demos, run, export = root / "demos", root / "run", root / "export"
+    res = runner.invoke(app, ["sim", "collect", "--tasks", "reach-v3", "--episodes-per-task", "2",
+                              "--image-size", "32", "--out", str(demos), "--no-progress"], env=ENV)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["train", "policy", "--data", str(demos), "--output", str(run), "--steps", "30",
+                              "--width", "32", "--prefix-layers", "1", "--expert-layers", "2",
+                              "--batch-size", "8", "--threads", "1"], env=ENV)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["export", str(run), "--output", str(export)], env=ENV)
+    assert res.exit_code == 0, res.output
+    return root, demos, run, export, res.output
+
+
+def test_train_writes_a_resumable_run_with_a_loss_log(pipeline):
+    _, _, run, _, _ = pipeline
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["step"] == 0 and log[-1]["step"] == 29
+    assert all(row["loss"] > 0 for row in log)
+    res = runner.invoke(app, ["train", "policy", "--data", str(pipeline[1]), "--output", str(run), "--steps", "40",
+                              "--width", "32", "--prefix-layers", "1", "--expert-layers", "2",
+                              "--batch-size", "8", "--threads", "1", "--resume"], env=ENV)
+    assert res.exit_code == 0, res.output
+    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [0, 29, 39]  # continued after step 30 instead of starting again at 0
+
+
+def test_export_reports_parity_and_writes_the_manifest(pipeline):
+    _, _, _, export, output = pipeline
+    assert "parity max abs diff" in output
+    m = read_manifest(export, verify=True)
+    assert (m.state_dim, m.action_dim, m.cameras[0].height) == (39, 4, 32)
+    assert m.provenance["tasks"] == ["reach-v3"] and m.provenance["episodes"] == 2
+    res = runner.invoke(app, ["export", str(pipeline[2]), "--output", str(export)], env=ENV)
+    assert res.exit_code == 2 and "immutable" in res.output
+
+
+def test_eval_in_process_writes_a_report(pipeline):
+    root, _, _, export, _ = pipeline
+    out = root / "eval"
+    res = runner.invoke(app, ["eval", str(export), "--tasks", "reach-v3", "--num-episodes", "1",
+                              "--num-steps", "2", "--out", str(out), "--no-progress"], env=ENV)
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "eval.json").read_text())
+    assert [t["task"] for t in report["tasks"]] == ["reach-v3"]
+    assert report["episodes"] == 1 and report["successes"] in (0, 1)
+    assert report["latency"]["p50_ms"] > 0
+    assert "reach-v3" in (out / "eval.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["train", "policy", "--data", "/nonexistent/demos"], "--data"),
+        (["train", "policy", "--chunk-size", "4", "--n-action-steps", "5"], "--n-action-steps"),
+        (["serve", "/nonexistent/export"], "EXPORT_DIR"),
+        (["eval", "--tasks", "fly-v3"], "--tasks"),
+        (["eval", "--gif"], "--gif"),
+        (["export", "/nonexistent/run", "--output", "/tmp/x-never"], "not a training run"),
+    ],
+)
+def test_cli_mistakes_name_what_is_wrong(args, text):
+    res = runner.invoke(app, args, env=ENV)
+    assert res.exit_code == 2, res.output
+    assert text in res.output
+
+
+def test_reflex_entry_point_is_installed():
+    out = subprocess.run([sys.executable, "-m", "reflex_serve.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "serve" in out.stdout and "eval" in out.stdout
