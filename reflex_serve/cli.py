@@ -11,12 +11,14 @@ from typing import Annotated, NoReturn
 import typer
 
 from .sim.cli import sim_app
+from .storage.cli import data_app
 
 app = typer.Typer(help="reflex-serve: serve, distill and ship flow-matching VLA robot policies.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 train_app = typer.Typer(help="Train policies.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(sim_app, name="sim", help="MetaWorld simulation: demonstrations.")
+app.add_typer(data_app, name="data")
 
 ExportArg = Annotated[Path | None, typer.Argument(
     help="Export directory (default: the shipped MetaWorld teacher).", show_default=False)]
@@ -139,12 +141,36 @@ def serve_cmd(
     cache_mb: Annotated[float, typer.Option(min=0, help="Prefix KV cache size in MiB (0 disables).")] = 256,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body in MiB.")] = 8,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    collect_data: Annotated[bool, typer.Option("--collect-data", help="Log every /act call into the store.")] = False,
+    store: Annotated[str | None, typer.Option(help="Store URL (default: $REFLEX_STORE, else SQLite in --data-dir).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Directory of the embedded SQLite store (default: data).")] = None,
+    hash_instructions: Annotated[bool, typer.Option("--hash-instructions", help="Store sha256 of instructions, not text.")] = False,
+    no_images: Annotated[bool, typer.Option("--no-images", help="Store no camera images.")] = False,
+    collect_queue: Annotated[int, typer.Option(min=1, help="Records queued for the store at most (then dropped).")] = 8192,
+    collect_flush_s: Annotated[float, typer.Option(min=0.01, help="Commit interval of collected records, s.")] = 1.0,
 ) -> None:
     """Serve a policy: POST /act (JSON or msgpack), the openpi websocket, /health, /metrics."""
     from .server.cli import serve
 
-    serve(resolve_export(export_dir), host=host, port=port, api_key=api_key, num_steps=num_steps,
-          threads=threads, workers=workers, cache_mb=cache_mb, max_body_mb=max_body_mb, log_level=log_level)
+    collect = None
+    if collect_data:
+        from .storage.collector import CollectOptions
+        from .storage.records import Privacy
+        from .storage.writer import WriterConfig
+
+        collect = CollectOptions(store=store, data_dir=data_dir,
+                                 privacy=Privacy(hash_instructions=hash_instructions, store_images=not no_images),
+                                 writer=WriterConfig(queue_size=collect_queue, flush_interval_s=collect_flush_s))
+    elif store or data_dir or hash_instructions or no_images:
+        raise typer.BadParameter("needs --collect-data", param_hint="--store/--data-dir/--hash-instructions/--no-images")
+    from .storage.engine import StoreError
+
+    try:
+        serve(resolve_export(export_dir), host=host, port=port, api_key=api_key, num_steps=num_steps,
+              threads=threads, workers=workers, cache_mb=cache_mb, max_body_mb=max_body_mb, log_level=log_level,
+              collect=collect)
+    except StoreError as exc:
+        fail(str(exc))
 
 
 @app.command("eval")

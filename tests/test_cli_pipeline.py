@@ -89,5 +89,6 @@ def test_cli_mistakes_name_what_is_wrong(args, text):
 
 
 def test_reflex_entry_point_is_installed():
-    out = subprocess.run([sys.executable, "-m", "reflex_serve.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "reflex_serve.cli", "--help"], capture_output=True, text=True,
+                         check=False)
     assert out.returncode == 0 and "serve" in out.stdout and "eval" in out.stdout

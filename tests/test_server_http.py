@@ -202,6 +202,8 @@ JSON_CASES = [
     ("num_steps_too_many", field(num_steps=101), "invalid_field", "num_steps"),
     ("num_steps_not_int", field(num_steps="ten"), "invalid_field", "num_steps"),
     ("seed_negative", field(seed=-1), "invalid_field", "seed"),
+    ("episode_id_too_long", field(episode_id="e" * 129), "invalid_field", "episode_id"),
+    ("episode_id_not_printable", field(episode_id="ep\n1"), "invalid_field", "episode_id"),
     ("step_bool", field(step=True), "invalid_field", "step"),
 ]
 

@@ -7,8 +7,8 @@ from reflex_serve.policy.data import FrameData
 from reflex_serve.policy.train import TrainConfig, load_run, train_policy
 from reflex_serve.policy.training import LoopConfig, cosine_lr
 
-CFG = dict(width=32, num_heads=2, prefix_layers=1, expert_layers=2, state_dim=6, action_dim=3,
-           cameras=[["cam", 32, 32]], chunk_size=4, n_action_steps=2)
+CFG = {"width": 32, "num_heads": 2, "prefix_layers": 1, "expert_layers": 2, "state_dim": 6,
+       "action_dim": 3, "cameras": [["cam", 32, 32]], "chunk_size": 4, "n_action_steps": 2}
 
 
 def frames(n=120, seed=0):

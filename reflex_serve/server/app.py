@@ -8,6 +8,7 @@ Routes (one router per concern, in :mod:`reflex_serve.server.routes`):
     GET  /metrics        Prometheus text
     WS   /  and  /ws     the openpi websocket protocol                    [API key]
     GET  /openapi.json   the contract: request, response and error models
+    POST /v1/episodes/{episode_id}/outcome   with data collection only       [API key]
 
 Later routers (admin API, version management) are added with ``app.include_router``;
 they find everything through :func:`reflex_serve.server.state.get_state`.
@@ -34,6 +35,7 @@ from reflex_serve.server.state import ActHook, PolicyPicker, ServingState, Singl
 
 if TYPE_CHECKING:
     from reflex_serve.runtime.policy import Policy
+    from reflex_serve.storage.collector import DataCollector
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ def create_app(
     *,
     picker: PolicyPicker | None = None,
     hooks: Sequence[ActHook] = (),
+    collector: DataCollector | None = None,
 ) -> FastAPI:
     """Build the serving app for one policy (or for a custom ``picker``).
 
@@ -64,16 +67,24 @@ def create_app(
         if policy is None:
             raise ValueError("create_app needs a policy or a picker")
         picker = SinglePolicy(policy)
+    if collector is not None:
+        hooks = [*hooks, collector.hook]
     state = ServingState(picker, settings, hooks)
+    if collector is not None:
+        collector.writer.export_metrics(state.metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if collector is not None:
+            collector.start(picker.policies())
         warm = asyncio.get_running_loop().run_in_executor(None, state.warm_up)
         try:
             yield
         finally:
             await warm
             state.close()
+            if collector is not None:
+                await asyncio.get_running_loop().run_in_executor(None, collector.close)
 
     app = FastAPI(
         title="reflex-serve",
@@ -82,12 +93,17 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.reflex = state
+    app.state.collector = collector
     install_error_handlers(app)
     auth = [Depends(require_api_key)] if settings.api_key else []
     app.include_router(act.router, dependencies=auth)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(websocket.router)
+    if collector is not None:
+        from reflex_serve.server.routes import episodes
+
+        app.include_router(episodes.router, dependencies=auth)
     _document_request_models(app)
     return app
 

@@ -10,6 +10,7 @@ import signal
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -17,6 +18,9 @@ from reflex_serve.server.app import create_app
 from reflex_serve.server.runner import bind_socket, uvicorn_config
 from reflex_serve.server.settings import MIB, ServerSettings
 from reflex_serve.server.state import ActHook
+
+if TYPE_CHECKING:
+    from reflex_serve.storage.collector import CollectOptions
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,7 @@ def serve(
     warmup_iters: int = 3,
     log_level: str = "info",
     hooks: Sequence[ActHook] = (),
+    collect: CollectOptions | None = None,
 ) -> None:
     """Serve ``export_dir`` over HTTP (``/act``, ``/health``, ``/metrics``) and websocket.
 
@@ -51,10 +56,14 @@ def serve(
         max_body_mb: largest request body / websocket frame, in MiB.
         warmup_iters: warm-up calls before /health reports ready.
         log_level: uvicorn / logging level name.
-        hooks: called with each served ActRecord (data collection).
+        hooks: called with each served ActRecord.
+        collect: log every served call into the store (``--collect-data``); the store
+            is opened (schema created or upgraded) before the port is bound, and every
+            queued record is committed before this function returns.
 
     Raises:
         ExportError: if ``export_dir`` is not a valid export.
+        StoreError: if ``collect`` names a store that cannot be used.
     """
     from reflex_serve.runtime.cache import PrefixCache
     from reflex_serve.runtime.policy import Policy
@@ -71,7 +80,12 @@ def serve(
         warmup_iters=warmup_iters,
         act_workers=workers,
     )
-    app = create_app(policy, settings, hooks=hooks)
+    collector = None
+    if collect is not None:
+        from reflex_serve.storage.collector import DataCollector
+
+        collector = DataCollector.open(collect)
+    app = create_app(policy, settings, hooks=hooks, collector=collector)
     sock = bind_socket(host, port)
     bound_port = sock.getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host
@@ -85,7 +99,12 @@ def serve(
     server = uvicorn.Server(
         uvicorn_config(app, max_body_bytes=settings.max_body_bytes, log_level=log_level)
     )
-    _run_until_signal(server, sock)
+    try:
+        _run_until_signal(server, sock)
+    finally:
+        if collector is not None:
+            collector.close()
+            collector.store.close()
     print("reflex-serve: stopped", flush=True)
 
 

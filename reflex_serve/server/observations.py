@@ -21,6 +21,8 @@ from reflex_serve.runtime.types import Observation
 from reflex_serve.server.errors import ApiError, ErrorCode
 from reflex_serve.server.images import http_image, openpi_image
 from reflex_serve.server.settings import MAX_NUM_STEPS, WebsocketKeys
+from reflex_serve.storage.models import MAX_EPISODE_ID
+from reflex_serve.storage.records import InvalidRecord, check_id
 
 _MAX_SEED = 2**63 - 1
 
@@ -64,6 +66,10 @@ def parse_params(body: Mapping, prefix: str = "") -> ActParams:
             episode_id = str(int(episode_id))
         elif not isinstance(episode_id, str):
             raise ApiError.invalid(prefix + "episode_id", "must be a string")
+        try:  # the store's limits, so that a served request can always be logged
+            check_id(episode_id, "episode_id", MAX_EPISODE_ID)
+        except InvalidRecord as exc:
+            raise ApiError.invalid(prefix + "episode_id", exc.reason) from None
     return ActParams(
         num_steps=_optional_int(body, "num_steps", 1, MAX_NUM_STEPS, prefix + "num_steps"),
         seed=_optional_int(body, "seed", 0, _MAX_SEED, prefix + "seed"),

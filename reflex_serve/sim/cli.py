@@ -119,6 +119,10 @@ def collect_command(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
     ] = True,
+    store: Annotated[
+        str | None,
+        typer.Option("--store", help="Also write the demos into this store (source demo)."),
+    ] = None,
 ) -> None:
     """Collect scripted-expert demonstrations (reflex-demos format: meta.json + <task>.npz)."""
     task_list = parse_tasks_option(tasks)
@@ -152,6 +156,15 @@ def collect_command(
             f"{out} already holds a dataset; pass --overwrite", param_hint="--out"
         )
     console = Console()
+    demo_store = None
+    if store is not None:
+        from reflex_serve.storage.engine import StoreError
+        from reflex_serve.storage.store import Store
+
+        try:
+            demo_store = Store.open(store)
+        except StoreError as e:
+            raise typer.BadParameter(str(e), param_hint="--store") from None
     try:
         result = collect(
             task_list,
@@ -167,6 +180,7 @@ def collect_command(
             hold_steps=hold_steps,
             max_attempts=attempts,
             overwrite=overwrite,
+            store=demo_store,
         )
     except (CollectionError, FileExistsError) as e:
         console.print(f"[red]error:[/red] {e}")
@@ -185,6 +199,8 @@ def collect_command(
             f"{r.wall_s:.1f}",
         )
     console.print(table)
+    if demo_store is not None:
+        console.print(f"demos also written to {demo_store!r} (source demo)")
 
 
 @sim_app.command("info")

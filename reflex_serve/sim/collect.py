@@ -154,6 +154,7 @@ def collect(
     hold_steps: int = DEFAULT_HOLD_STEPS,
     max_attempts: int | None = None,
     overwrite: bool = False,
+    store: Any = None,
 ) -> CollectResult:
     """Collect scripted-expert demonstrations into ``out_dir`` (``reflex-demos`` format).
 
@@ -173,6 +174,8 @@ def collect(
         hold_steps: steps recorded after the first success (>= 0).
         max_attempts: episodes tried per task at most (default ``2 * episodes + 10``).
         overwrite: replace an existing dataset in ``out_dir``.
+        store: an open :class:`reflex_serve.storage.Store`; each task's episodes are also
+            written there (source ``demo``, one collection run id), after its npz file.
 
     Returns:
         :class:`CollectResult` with per-task episode / frame / attempt counts.
@@ -217,6 +220,7 @@ def collect(
     t_start = time.perf_counter()
     next_id = 0
     state_dim = 0
+    run_id = None
     with bar:
         bar_ids = {
             t: bar.add_task(t, total=episodes_per_task, attempts=0, frames=0) for t in task_list
@@ -246,6 +250,11 @@ def collect(
                         frames += rec.length
                     bar.update(bar_ids[task], completed=n_success, attempts=attempts, frames=frames)
             write_task_file(out, task, kept, next_id, camera_names=cams)
+            if store is not None:
+                from reflex_serve.storage.demos import new_run_id, write_sim_episodes
+
+                run_id = run_id or new_run_id()
+                write_sim_episodes(store, task, kept, cams, run_id)
             next_id += len(kept)
             results.append(
                 TaskCollection(

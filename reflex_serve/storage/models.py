@@ -1,0 +1,211 @@
+"""SQLAlchemy 2 models of the store (the schema itself is owned by Alembic migrations).
+
+Tables (see docs/data-format.md for every column)::
+
+    episodes             one robot episode: source (demo | served), task, instruction,
+                         time range, outcome reported by the controller
+    requests             one policy call or one demo frame: observation (state, instruction,
+                         images by link), the action chunk (served chunk or demo action),
+                         model version, denoising steps, latencies, cache hit, client
+    images               content-addressed camera frames: sha256 of the raw pixels -> PNG
+    request_images       request x camera -> image (a repeated frame is stored once)
+    model_versions       a served or candidate export by digest, with its lifecycle state
+    version_transitions  audit log of lifecycle changes (from, to, time, actor, reason)
+
+Arrays are stored as raw little-endian float32 bytes (``state``: (state_dim,),
+``actions``: (chunk_size, action_dim)) next to their dimensions; times are UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SOURCES = ("demo", "served")
+OUTCOMES = ("success", "failure")
+LIFECYCLE_STATES = ("candidate", "shadow", "canary", "active", "retired", "rolled_back")
+MAX_EPISODE_ID = 128
+MAX_REQUEST_ID = 128
+
+#: Constraint names are fixed so that later migrations (batch mode on SQLite) can find them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC datetime on every backend.
+
+    PostgreSQL keeps ``timestamptz``; SQLite has no time zones, so values are stored as
+    naive UTC and come back with ``tzinfo=UTC``. Naive inputs are taken to be UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Episode(Base):
+    """One episode, from demonstrations or from served traffic (the controller's id)."""
+
+    __tablename__ = "episodes"
+    __table_args__ = (
+        CheckConstraint(_in("source", SOURCES), name="source"),
+        CheckConstraint(f"outcome IS NULL OR {_in('outcome', OUTCOMES)}", name="outcome"),
+    )
+
+    id: Mapped[str] = mapped_column(String(MAX_EPISODE_ID), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), index=True)
+    task: Mapped[str | None] = mapped_column(String(128))
+    instruction: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    reward: Mapped[float | None] = mapped_column(Float)
+    note: Mapped[str | None] = mapped_column(Text)
+    reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Request(Base):
+    """One /act call (source ``served``) or one demonstration frame (source ``demo``).
+
+    ``actions`` is the served chunk, float32 (chunk_size, action_dim), for served rows, and
+    the demonstrated action, float32 (1, action_dim), for demo rows.
+    """
+
+    __tablename__ = "requests"
+    __table_args__ = (
+        CheckConstraint(_in("source", SOURCES), name="source"),
+        Index("ix_requests_source_received_at", "source", "received_at"),
+        Index("ix_requests_episode_id_step", "episode_id", "step"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(MAX_REQUEST_ID), index=True)
+    source: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    episode_id: Mapped[str | None] = mapped_column(
+        String(MAX_EPISODE_ID), ForeignKey("episodes.id", ondelete="SET NULL")
+    )
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    instruction: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+    state_dim: Mapped[int] = mapped_column(Integer)
+    actions: Mapped[bytes] = mapped_column(LargeBinary)
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    action_dim: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[str | None] = mapped_column(String(80), index=True)
+    num_steps: Mapped[int | None] = mapped_column(Integer)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    prefix_ms: Mapped[float | None] = mapped_column(Float)
+    expert_ms: Mapped[float | None] = mapped_column(Float)
+    total_ms: Mapped[float | None] = mapped_column(Float)
+    server_ms: Mapped[float | None] = mapped_column(Float)
+    cache_hit: Mapped[bool | None] = mapped_column(Boolean)
+    transport: Mapped[str | None] = mapped_column(String(16))
+    client: Mapped[str | None] = mapped_column(String(128))
+
+
+class Image(Base):
+    """A camera frame, content-addressed: sha256 of ``"HxWxC:"`` + the raw uint8 pixels."""
+
+    __tablename__ = "images"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    channels: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(8), default="png")
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    nbytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RequestImage(Base):
+    """Which image a request saw on which camera (``position``: index in the manifest)."""
+
+    __tablename__ = "request_images"
+
+    request_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True
+    )
+    camera: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    image_sha256: Mapped[str] = mapped_column(String(64), ForeignKey("images.sha256"), index=True)
+
+
+class ModelVersion(Base):
+    """An export known to the store, identified by its content digest."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (CheckConstraint(_in("state", LIFECYCLE_STATES), name="state"),)
+
+    digest: Mapped[str] = mapped_column(String(80), primary_key=True)
+    version: Mapped[str] = mapped_column(String(16), unique=True)
+    parent_digest: Mapped[str | None] = mapped_column(String(80))
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class VersionTransition(Base):
+    """One lifecycle change of a model version (an audit log: rows are never updated)."""
+
+    __tablename__ = "version_transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(
+        String(80), ForeignKey("model_versions.digest", ondelete="CASCADE"), index=True
+    )
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text, default="")
