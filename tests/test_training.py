@@ -63,3 +63,11 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth():
     assert cosine_lr(0, 100, 1.0, 10) == pytest.approx(0.1)
     assert cosine_lr(9, 100, 1.0, 10) == pytest.approx(1.0)
     assert cosine_lr(100, 100, 1.0, 10) == pytest.approx(0.1)
+
+
+def test_teacher_training_leaves_the_target_time_embedding_at_zero(tmp_path):
+    model, _ = train_policy(frames(), PolicyConfig(**CFG), tmp_path, LoopConfig(steps=5, progress=False, warmup=1),
+                            TrainConfig(batch_size=8, threads=1))
+    phi = model.expert.target_time_mlp[2]
+    assert not phi.weight.any() and not phi.bias.any()
+    assert model.expert.time_mlp[2].weight.abs().sum() > 0  # the flow-time embedding did train

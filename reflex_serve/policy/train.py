@@ -49,6 +49,15 @@ def flow_matching_loss(model: FlowMatchingVLA, images, tokens, state, chunks, no
     return ((v - (noise - chunks)) ** 2).mean()
 
 
+def teacher_parameters(model: FlowMatchingVLA) -> list[torch.nn.Parameter]:
+    """Every parameter except the SnapFlow target-time embedding phi(s).
+
+    A flow-matching teacher never uses s (it is always s = t), so phi stays exactly zero
+    and a student initialised from the teacher equals it at step 0 for every s.
+    """
+    return [p for name, p in model.named_parameters() if not name.startswith("expert.target_time_mlp.")]
+
+
 def train_policy(frames: FrameData, cfg: PolicyConfig, out_dir: Path, loop: LoopConfig,
                  train: TrainConfig | None = None, *, resume: bool = False,
                  provenance: dict | None = None) -> tuple[FlowMatchingVLA, DatasetStats]:
@@ -86,7 +95,7 @@ def train_policy(frames: FrameData, cfg: PolicyConfig, out_dir: Path, loop: Loop
         images, tokens, state, chunks = data.batch(idx, train.image_shift, gen)
         return {"loss": flow_matching_loss(model, images, tokens, state, chunks, train.noise_draws, gen)}
 
-    ema = run_loop(model, list(model.parameters()), step_fn, loop, out_dir, resume=resume,
+    ema = run_loop(model, teacher_parameters(model), step_fn, loop, out_dir, resume=resume,
                    description="train policy", generator=gen)
     return ema.model, stats
 
