@@ -1,6 +1,8 @@
 """``reflex sim``: simulator commands (typer sub-app ``sim_app``).
 
     reflex sim collect --tasks reach-v3,push-v3 --episodes-per-task 40 --out data/demos
+    reflex sim collect --suite bimodal --mode mixed --out data/demos-bimodal
+    reflex sim probe [EXPORT_DIR | --server URL] --num-steps 10 --num-steps 1
     python -m reflex_serve.sim.cli collect ...      (same, without the main CLI)
 
 ``reflex eval`` (closed-loop evaluation of a server or an export) lives in the main CLI
@@ -15,11 +17,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
 from reflex_serve.sim.collect import EVAL_SEED_START, CollectionError, collect
 from reflex_serve.sim.env import STATE_DIMS, parse_image_size, validate_cameras
-from reflex_serve.sim.tasks import DEFAULT_TASKS, TASKS, parse_task_list
+from reflex_serve.sim.tasks import DEFAULT_TASKS, SUITES, TASKS, parse_task_list
 
 sim_app = typer.Typer(help="MetaWorld simulation: scripted-expert demos.", no_args_is_help=True)
 
@@ -123,9 +126,43 @@ def collect_command(
         str | None,
         typer.Option("--store", help="Also write the demos into this store (source demo)."),
     ] = None,
+    suite: Annotated[
+        str | None,
+        typer.Option(
+            "--suite", metavar="|".join(SUITES), help="A named task set instead of --tasks."
+        ),
+    ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            metavar="mixed|left|right",
+            help="Bimodal tasks: detour drawn per episode from its seed (mixed) or forced.",
+        ),
+    ] = "mixed",
 ) -> None:
     """Collect scripted-expert demonstrations (reflex-demos format: meta.json + <task>.npz)."""
+    if suite is not None:
+        if tasks:
+            raise typer.BadParameter("give --suite or --tasks, not both", param_hint="--suite")
+        if suite not in SUITES:
+            raise typer.BadParameter(
+                f"must be one of {', '.join(SUITES)}, got {suite!r}", param_hint="--suite"
+            )
+        tasks = list(SUITES[suite])
     task_list = parse_tasks_option(tasks)
+    from reflex_serve.sim.bimodal import MODE_CHOICES
+    from reflex_serve.sim.tasks import BIMODAL_TASKS
+
+    if mode not in MODE_CHOICES:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(MODE_CHOICES)}, got {mode!r}", param_hint="--mode"
+        )
+    if mode != "mixed" and any(t not in BIMODAL_TASKS for t in task_list):
+        raise typer.BadParameter(
+            f"--mode {mode} needs bimodal tasks only ({', '.join(BIMODAL_TASKS)})",
+            param_hint="--mode",
+        )
     cams = parse_cameras_option(cameras)
     hw = parse_image_size_option(image_size)
     state = parse_state_option(state)
@@ -181,12 +218,13 @@ def collect_command(
             max_attempts=attempts,
             overwrite=overwrite,
             store=demo_store,
+            mode=mode,
         )
     except (CollectionError, FileExistsError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
     table = Table(title=f"{result.out_dir}  ({result.wall_s:.1f} s)")
-    for col in ("task", "episodes", "attempts", "frames", "length mean [min, max]", "s"):
+    for col in ("task", "episodes", "attempts", "frames", "length mean [min, max]", "modes", "s"):
         table.add_column(col)
     for r in result.tasks:
         d = r.to_dict()
@@ -196,6 +234,7 @@ def collect_command(
             str(r.attempts),
             str(r.frames),
             f"{d['length_mean']:.1f} [{d['length_min']}, {d['length_max']}]",
+            " ".join(f"{m} {n}" for m, n in r.modes.items()) or "-",
             f"{r.wall_s:.1f}",
         )
     console.print(table)
@@ -215,6 +254,117 @@ def info_command(
     except (FileNotFoundError, ValueError) as e:
         raise typer.BadParameter(str(e), param_hint="PATH") from None
     typer.echo(json.dumps(meta, indent=2))
+
+
+@sim_app.command("probe")
+def probe_command(
+    export_dir: Annotated[
+        Path | None,
+        typer.Argument(help="Export directory (default: the shipped teacher).", show_default=False),
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option("--server", help="Probe a running server (http://host:port).")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="REFLEX_API_KEY", help="For --server.")
+    ] = None,
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option("--tasks", metavar="TASKS", help="Bimodal tasks (default: both)."),
+    ] = None,
+    num_episodes: Annotated[
+        int, typer.Option("--num-episodes", min=1, help="Decision points per task.")
+    ] = 5,
+    samples: Annotated[int, typer.Option("--samples", min=2, help="Chunks per point (K).")] = 64,
+    num_steps: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--num-steps",
+            min=1,
+            max=100,
+            help="Denoising steps; repeat to compare (energy distance to the first).",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Episode seed of point 0.")] = (
+        EVAL_SEED_START
+    ),
+    sample_seed: Annotated[int, typer.Option("--sample-seed", help="First noise seed.")] = 0,
+    kappa: Annotated[
+        float, typer.Option("--kappa", min=0.01, max=1.0, help="Commitment threshold.")
+    ] = 0.5,
+    n_action_steps: Annotated[
+        int | None, typer.Option("--n-action-steps", min=1, help="Actions averaged per chunk.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write probe-steps<N>.{json,md,npz} here.")
+    ] = None,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime threads.")] = 1,
+) -> None:
+    """Decision-point probe on the bimodal tasks: share of samples that commit to a detour."""
+    from reflex_serve.sim.evaluate import sim_settings_from_manifest
+    from reflex_serve.sim.probe import compare_reports, probe
+    from reflex_serve.sim.tasks import BIMODAL_TASKS
+
+    task_list = parse_tasks_option(tasks or list(BIMODAL_TASKS))
+    if any(t not in BIMODAL_TASKS for t in task_list):
+        raise typer.BadParameter(
+            f"bimodal tasks only: {', '.join(BIMODAL_TASKS)}", param_hint="--tasks"
+        )
+    if server is not None and export_dir is not None:
+        raise typer.BadParameter(
+            "give either EXPORT_DIR or --server, not both", param_hint="--server"
+        )
+    client, summary = _make_client(export_dir, server, api_key, threads)
+    console = Console()
+    reports = []
+    for steps in num_steps or [None]:
+        report = probe(
+            client,
+            task_list,
+            num_episodes,
+            samples,
+            seed,
+            num_steps=steps,
+            n_action_steps=n_action_steps,
+            kappa=kappa,
+            sample_seed=sample_seed,
+            **sim_settings_from_manifest(summary),
+        )
+        reports.append(report)
+        console.print(Markdown(report.to_markdown()))
+        if out is not None:
+            report.save(out, stem=f"probe-steps{steps or 'default'}")
+    for steps, other in zip((num_steps or [])[1:], reports[1:]):
+        cmp = compare_reports(reports[0], other)
+        for task, d in cmp.items():
+            console.print(
+                f"{task}: energy distance steps {num_steps[0]} vs {steps}: "
+                f"{d['energy_distance']:.4f}"
+            )
+        if out is not None:
+            (out / f"probe-compare-{num_steps[0]}-vs-{steps}.json").write_text(
+                json.dumps(cmp, indent=2) + "\n"
+            )
+
+
+def _make_client(
+    export_dir: Path | None, server: str | None, api_key: str | None, threads: int
+) -> tuple[object, object]:
+    """An ActClient and its manifest summary: a server's, or an in-process export's."""
+    if server is not None:
+        from reflex_serve.client import ReflexClient, ReflexClientError
+
+        client = ReflexClient(server, api_key=api_key)
+        try:
+            return client, client.wait_ready(timeout_s=30)
+        except ReflexClientError as e:
+            raise typer.BadParameter(str(e), param_hint="--server") from None
+    from reflex_serve.cli import resolve_export
+    from reflex_serve.client import LocalClient
+    from reflex_serve.runtime.policy import Policy
+
+    policy = Policy(resolve_export(export_dir), intra_op_threads=threads)
+    return LocalClient(policy), policy.manifest
 
 
 if __name__ == "__main__":

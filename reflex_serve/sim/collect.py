@@ -13,6 +13,9 @@ Seed conventions (shared with :mod:`reflex_serve.sim.evaluate`):
   refuses ``s + max_attempts > EVAL_SEED_START``.
 * Evaluation defaults to ``seed = EVAL_SEED_START`` and uses seeds ``seed + i`` for
   episode ``i`` of each task, so evaluation layouts never appear in default demos.
+* Bimodal tasks (:data:`~reflex_serve.sim.tasks.BIMODAL_TASKS`) are demonstrated by a
+  left or a right detour around the wall (:mod:`.bimodal`); with ``mode="mixed"`` the
+  detour of an episode is a fair coin drawn from ``(task, episode seed)``.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from reflex_serve.sim.bimodal import MODE_CHOICES, MODES, make_strategy, resolve_mode
 from reflex_serve.sim.dataset import EpisodeRecord, make_meta, write_meta, write_task_file
 from reflex_serve.sim.env import SimEnv, parse_image_size, validate_cameras
-from reflex_serve.sim.tasks import DEFAULT_TASKS, parse_task_list
+from reflex_serve.sim.tasks import BIMODAL_TASKS, DEFAULT_TASKS, parse_task_list
 
 EVAL_SEED_START = 1_000_000
 """First episode seed reserved for evaluation; collection seeds are below it."""
@@ -50,6 +54,7 @@ class TaskCollection:
         written. attempts: episodes run (seeds tried). frames: frames written.
         lengths: int list of written episode lengths (steps). wall_s: seconds.
         failed_seeds: seeds whose expert episode failed.
+        modes: bimodal tasks only: written episodes per detour mode (``{"left": n, ...}``).
     """
 
     task: str
@@ -60,11 +65,12 @@ class TaskCollection:
     lengths: list[int]
     wall_s: float
     failed_seeds: list[int] = field(default_factory=list)
+    modes: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
         lengths = np.asarray(self.lengths)
-        return {
+        out = {
             "episodes": self.episodes,
             "successes": self.successes,
             "attempts": self.attempts,
@@ -75,6 +81,9 @@ class TaskCollection:
             "failed_seeds": self.failed_seeds,
             "wall_s": round(self.wall_s, 2),
         }
+        if self.modes:
+            out["modes"] = dict(self.modes)
+        return out
 
 
 @dataclass
@@ -88,7 +97,7 @@ class CollectResult:
 
 
 def run_expert_episode(
-    env: SimEnv, seed: int, hold_steps: int = DEFAULT_HOLD_STEPS
+    env: SimEnv, seed: int, hold_steps: int = DEFAULT_HOLD_STEPS, strategy: Any = None
 ) -> EpisodeRecord:
     """Run the scripted expert for episode ``seed`` and record every step.
 
@@ -96,14 +105,27 @@ def run_expert_episode(
     the action (clipped to [-1, 1], float32). The episode ends ``hold_steps`` steps
     after the first success, or at ``env.max_steps``.
 
+    Args:
+        strategy: instead of the task's MetaWorld expert, an object with
+            ``get_action(obs39) -> (4,)``, ``mode`` (int) and ``decided(obs39) -> bool``
+            (a :class:`~reflex_serve.sim.bimodal.WallDetourStrategy`); its mode and the
+            first step it has decided at are recorded.
+
     Returns:
         An :class:`EpisodeRecord`; ``success`` tells whether success was reached.
     """
     obs = env.reset(seed)
     images, states, actions = [], [], []
     first_success: int | None = None
+    decision = -1
     while True:
-        action = env.expert_action()
+        if strategy is None:
+            action = env.expert_action()
+        else:
+            raw = env.raw_obs
+            if decision < 0 and strategy.decided(raw):
+                decision = env.step_count
+            action = np.clip(np.asarray(strategy.get_action(raw), dtype=np.float32), -1, 1)
         images.append(np.stack([obs.images[c] for c in env.cameras]))
         states.append(obs.state)
         actions.append(action)
@@ -121,6 +143,8 @@ def run_expert_episode(
         images=np.stack(images).astype(np.uint8, copy=False),
         state=np.stack(states).astype(np.float32, copy=False),
         action=np.stack(actions).astype(np.float32, copy=False),
+        mode=-1 if strategy is None else int(strategy.mode),
+        decision_step=decision,
     )
 
 
@@ -155,6 +179,7 @@ def collect(
     max_attempts: int | None = None,
     overwrite: bool = False,
     store: Any = None,
+    mode: str = "mixed",
 ) -> CollectResult:
     """Collect scripted-expert demonstrations into ``out_dir`` (``reflex-demos`` format).
 
@@ -176,6 +201,8 @@ def collect(
         overwrite: replace an existing dataset in ``out_dir``.
         store: an open :class:`reflex_serve.storage.Store`; each task's episodes are also
             written there (source ``demo``, one collection run id), after its npz file.
+        mode: detour of the bimodal tasks: ``"mixed"`` (drawn per episode from the seed),
+            ``"left"`` or ``"right"`` (forced; only with bimodal tasks selected alone).
 
     Returns:
         :class:`CollectResult` with per-task episode / frame / attempt counts.
@@ -187,6 +214,11 @@ def collect(
             ``max_attempts`` episodes.
     """
     task_list = parse_task_list(tasks)
+    if mode not in MODE_CHOICES:
+        raise ValueError(f"mode must be one of {MODE_CHOICES}, got {mode!r}")
+    single = [t for t in task_list if t not in BIMODAL_TASKS]
+    if mode != "mixed" and single:
+        raise ValueError(f"mode {mode!r} applies to bimodal tasks only, not to {single}")
     cams = validate_cameras(cameras)
     hw = parse_image_size(image_size)
     if episodes_per_task < 1:
@@ -229,6 +261,7 @@ def collect(
             t0 = time.perf_counter()
             kept: list[EpisodeRecord] = []
             failed: list[int] = []
+            bimodal = task in BIMODAL_TASKS
             n_success = attempts = frames = 0
             with SimEnv(task, cams, hw, state_mode, max_steps) as env:
                 state_dim = env.state_dim
@@ -239,7 +272,9 @@ def collect(
                             f"succeeded in {attempts} attempts (seeds {seed}..{seed + attempts - 1}); "
                             "raise max_attempts or max_steps"
                         )
-                    rec = run_expert_episode(env, seed + attempts, hold_steps)
+                    s = seed + attempts
+                    strat = make_strategy(task, resolve_mode(task, s, mode)) if bimodal else None
+                    rec = run_expert_episode(env, s, hold_steps, strat)
                     attempts += 1
                     if rec.success:
                         n_success += 1
@@ -266,6 +301,9 @@ def collect(
                     lengths=[r.length for r in kept],
                     wall_s=time.perf_counter() - t0,
                     failed_seeds=failed,
+                    modes={m: sum(r.mode == i for r in kept) for i, m in enumerate(MODES)}
+                    if bimodal
+                    else {},
                 )
             )
     wall = time.perf_counter() - t_start
@@ -284,6 +322,7 @@ def collect(
         source="metaworld scripted experts",
         collection={r.task: r.to_dict() for r in results},
         wall_s=round(wall, 2),
+        **({"bimodal_mode": mode} if len(single) < len(task_list) else {}),
     )
     write_meta(out, meta)
     return CollectResult(out_dir=out, meta=meta, tasks=results, wall_s=wall)

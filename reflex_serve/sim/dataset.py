@@ -26,6 +26,11 @@ Each ``<task>.npz`` (N frames, E episodes, C cameras, S state dims)::
     episode_success      bool    (E,)
     episode_length       int32   (E,)
     camera_names         <U     (C,)               (extra; checked against meta if present)
+    episode_mode         int8    (E,)               optional: 0 left / 1 right detour
+                                                    (:mod:`.bimodal`), -1 single-mode expert
+    episode_decision_step int32  (E,)               optional: frame of the mode decision, -1
+
+Files written before the optional fields existed still load (both read as -1).
 
 Frame ``i`` is the observation the action ``action[i]`` was computed from. Frames of an
 episode are contiguous and in order.
@@ -60,6 +65,11 @@ EPISODE_FIELDS: dict[str, Any] = {
     "episode_success": np.bool_,
     "episode_length": np.int32,
 }
+OPTIONAL_EPISODE_FIELDS: dict[str, Any] = {
+    "episode_mode": np.int8,
+    "episode_decision_step": np.int32,
+}
+"""Per-episode fields that older files lack; missing ones load as -1."""
 
 
 @dataclass
@@ -71,6 +81,8 @@ class EpisodeRecord:
         instruction: the instruction shown to the policy.
         success: whether the episode reached success.
         images: uint8 (T, C, H, W, 3). state: float32 (T, S). action: float32 (T, 4).
+        mode: detour mode of a bimodal task (0 left, 1 right), -1 for a single-mode expert.
+        decision_step: first step whose action depends on ``mode`` (-1: none).
     """
 
     seed: int
@@ -79,6 +91,8 @@ class EpisodeRecord:
     images: np.ndarray
     state: np.ndarray
     action: np.ndarray
+    mode: int = -1
+    decision_step: int = -1
 
     @property
     def length(self) -> int:
@@ -188,6 +202,8 @@ def write_task_file(
         "episode_instruction": np.array([ep.instruction for ep in episodes], dtype=np.str_),
         "episode_success": np.array([ep.success for ep in episodes], dtype=np.bool_),
         "episode_length": lengths,
+        "episode_mode": np.array([ep.mode for ep in episodes], dtype=np.int8),
+        "episode_decision_step": np.array([ep.decision_step for ep in episodes], dtype=np.int32),
     }
     if camera_names is not None:
         arrays["camera_names"] = np.array(list(camera_names), dtype=np.str_)
@@ -212,6 +228,8 @@ class Demos:
         episode_ids, episode_length: int32 (E,). episode_seed: int64 (E,).
         episode_instruction: str (E,). episode_success: bool (E,).
         episode_task: int32 (E,): index into ``tasks``.
+        episode_mode: int8 (E,): 0 / 1 detour mode, -1 single-mode (or an older file).
+        episode_decision_step: int32 (E,): frame index of the mode decision, -1 if none.
     """
 
     meta: dict[str, Any]
@@ -230,6 +248,15 @@ class Demos:
     episode_length: np.ndarray
     episode_task: np.ndarray
     files: list[Path] = field(default_factory=list)
+    episode_mode: np.ndarray | None = None
+    episode_decision_step: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        e = self.episode_ids.shape[0]
+        if self.episode_mode is None:
+            self.episode_mode = np.full(e, -1, dtype=np.int8)
+        if self.episode_decision_step is None:
+            self.episode_decision_step = np.full(e, -1, dtype=np.int32)
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
@@ -329,6 +356,9 @@ def _check_file(path: Path, data: Any, meta: dict[str, Any]) -> None:
         )
     if not np.array_equal(data["frame_index"], expect_frame):
         raise ValueError(f"{path}: field 'frame_index' is not 0..length-1 per episode")
+    for key, dtype in OPTIONAL_EPISODE_FIELDS.items():
+        if key in data.files and (data[key].dtype != dtype or data[key].shape != (e,)):
+            raise ValueError(f"{path}: field {key!r} must be {np.dtype(dtype)} of shape ({e},)")
     if not np.all(np.isfinite(state)) or not np.all(np.isfinite(action)):
         raise ValueError(f"{path}: field 'state' or 'action' has non-finite values")
 
@@ -354,7 +384,8 @@ def load_demos(directory: str | Path, tasks: Iterable[str] | None = None) -> Dem
     for t in names:
         if t not in meta["tasks"]:
             raise KeyError(f"task {t!r} not in {directory / META} (has {meta['tasks']})")
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in (*FRAME_FIELDS, *EPISODE_FIELDS)}
+    keys = (*FRAME_FIELDS, *EPISODE_FIELDS, *OPTIONAL_EPISODE_FIELDS)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     task_index: list[np.ndarray] = []
     episode_task: list[np.ndarray] = []
     files: list[Path] = []
@@ -369,8 +400,11 @@ def load_demos(directory: str | Path, tasks: Iterable[str] | None = None) -> Dem
                 if eid in seen:
                     raise ValueError(f"{path}: field 'episode_ids' repeats id {eid} of {seen[eid]}")
                 seen[eid] = path
+            e = data["episode_ids"].shape[0]
             for k, chunks in parts.items():
-                chunks.append(data[k])
+                dtype = OPTIONAL_EPISODE_FIELDS.get(k)
+                missing = dtype is not None and k not in data.files
+                chunks.append(np.full(e, -1, dtype=dtype) if missing else data[k])
         task_index.append(np.full(parts["action"][-1].shape[0], ti, dtype=np.int32))
         episode_task.append(np.full(parts["episode_ids"][-1].shape[0], ti, dtype=np.int32))
         files.append(path)
@@ -396,4 +430,6 @@ def load_demos(directory: str | Path, tasks: Iterable[str] | None = None) -> Dem
         episode_length=lengths,
         episode_task=np.concatenate(episode_task),
         files=files,
+        episode_mode=cat["episode_mode"],
+        episode_decision_step=cat["episode_decision_step"],
     )

@@ -11,6 +11,10 @@ Horizons were measured with the scripted experts over 400 seeded episodes per ta
     button-press-v3 60 / 64, drawer-open-v3 88 / 93, door-open-v3 79 / 121
     (door-open: 11 of 400 expert episodes never succeed within 500 steps).
 
+The bimodal wall tasks are demonstrated by the two detours of :mod:`.bimodal` (left /
+right around the wall; 100 seeds per strategy, max steps to success): reach-wall-v3
+80 / 112, pick-place-wall-v3 114 / 147.
+
 ``max_steps`` leaves headroom above the expert maxima for slower learned policies while
 keeping evaluation short. To add a task, add one entry to :data:`TASKS`.
 """
@@ -29,6 +33,13 @@ DEFAULT_TASKS: tuple[str, ...] = (
     "door-open-v3",
 )
 """The six tasks collected and evaluated by default."""
+
+BIMODAL_TASKS: tuple[str, ...] = ("reach-wall-v3", "pick-place-wall-v3")
+"""Tasks with a wall between start and goal, demonstrated by two mirrored detours
+(left / right of the wall, chosen per episode); see :mod:`reflex_serve.sim.bimodal`."""
+
+SUITES: dict[str, tuple[str, ...]] = {"default": DEFAULT_TASKS, "bimodal": BIMODAL_TASKS}
+"""Named task selections (``reflex sim collect --suite``)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,30 @@ TASKS: dict[str, TaskSpec] = {
                 "swing the door open by its handle",
                 "grab the handle and open the door",
                 "open the safe door",
+            ),
+            200,
+        ),
+        TaskSpec(
+            "reach-wall-v3",
+            "SawyerReachWallV3Policy",
+            (
+                "reach the goal behind the wall",
+                "move the gripper around the wall to the target",
+                "get the hand to the red goal past the wall",
+                "reach the target on the other side of the wall",
+                "go around the wall and touch the goal",
+            ),
+            200,
+        ),
+        TaskSpec(
+            "pick-place-wall-v3",
+            "SawyerPickPlaceWallV3Policy",
+            (
+                "pick up the puck and place it at the goal behind the wall",
+                "carry the puck around the wall to the target",
+                "grasp the puck and bring it past the wall to the goal",
+                "move the puck to the goal on the other side of the wall",
+                "pick the puck up and take it around the wall to the target",
             ),
             200,
         ),
