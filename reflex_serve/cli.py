@@ -10,6 +10,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from .distill.cli import distill_cmd
+from .export.cli import validate_app
 from .sim.cli import sim_app
 from .storage.cli import data_app
 
@@ -19,6 +21,8 @@ train_app = typer.Typer(help="Train policies.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(sim_app, name="sim", help="MetaWorld simulation: demonstrations.")
 app.add_typer(data_app, name="data")
+app.add_typer(validate_app, name="validate")
+train_app.command("distill")(distill_cmd)
 
 ExportArg = Annotated[Path | None, typer.Argument(
     help="Export directory (default: the shipped MetaWorld teacher).", show_default=False)]

@@ -1,0 +1,319 @@
+"""``reflex validate export``: is an export faithful to its PyTorch weights, and to its teacher?
+
+Two checks:
+
+1. **Parity** (the export contract): ONNX Runtime actions vs the PyTorch pipeline on the
+   same observation and noise, max abs difference over 4 synthetic observations, at the
+   export's own ``num_steps`` and ``target_time`` (:func:`.parity.check_parity`). Passes
+   when <= ``threshold`` (default 1e-3; the exporter itself holds 1e-4).
+2. **Agreement with a reference** (e.g. the 10-step teacher of a 1-step student): per
+   observation, K noise draws through each export's ONNX Runtime ``Policy`` (each at its
+   manifest's ``num_steps``). Draw k of observation i uses the same noise for both
+   (``default_rng([seed, i, k])``), so identical models give identical sample sets.
+   Samples are whole chunks flattened to D = H * A values, in the REFERENCE's normalized
+   action units ((a - mean) / std of its ``stats.json``). Between the student's samples
+   X (K, D) and the reference's Y (K, D)::
+
+       ED  = 2 mean_{i != j} |X_i - Y_j| - mean_{i != j} |X_i - X_j| - mean_{i != j} |Y_i - Y_j|
+       rel = ED / max(mean_{i != j} |Y_i - Y_j|, min_spread)
+
+   |.| is the Euclidean norm. Every mean excludes i = j: the within-set means are the
+   unbiased U-statistics, and the cross mean skips the pairs that share noise, so each
+   term is unbiased for its expectation and ED is exactly 0 for identical models. The
+   energy distance (Szekely & Rizzo) is >= 0 in expectation and 0 only for equal
+   distributions. ``rel`` compares it with the reference's own spread E|Y - Y'|: a
+   student that collapses onto one mode (or onto the mean) of a two-mode reference
+   scores 1.0 in the limit, (K - 2) / K with K draws (0.875 at K = 16); one that
+   collapses onto the mean of a Gaussian reference about sqrt(2) - 1 = 0.41; a faithful
+   one about 0 (exactly 0 for identical models). ``min_spread`` (default 0.1 normalized
+   units over the whole chunk) keeps a near-deterministic reference from turning tiny
+   differences into large ratios. Also reported: the MSE and cosine similarity of the
+   per-observation mean chunks, and the paired RMS difference (same noise).
+   Passes when the mean ``rel`` over observations is <= ``max_energy`` (default 0.5:
+   halfway between a faithful student, ~0, and a mode-collapsed one, ~1).
+
+Observations: the held-out split of a store (``--store``; N spread evenly over it) or N
+deterministic synthetic ones (:func:`.parity.random_observations`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..runtime.types import Observation
+from .manifest import WEIGHTS, ExportError, Manifest
+
+DEFAULT_THRESHOLD = 1e-3
+DEFAULT_MAX_ENERGY = 0.5
+DEFAULT_MIN_SPREAD = 0.1
+
+
+class ValidationError(ValueError):
+    """Validation could not run (missing or incompatible exports, no observations)."""
+
+
+def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.maximum(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1), 0.0))
+
+
+def _off_diagonal_mean(d: np.ndarray) -> float:
+    k = d.shape[0]
+    return float((d.sum() - np.trace(d)) / (k * (k - 1)))
+
+
+def energy_distance(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """The energy distance between sample sets, with i = j pairs excluded everywhere.
+
+    Args:
+        x, y: float (K, D) samples, row k of each drawn with the same noise (or
+            independently: the estimate is unbiased either way). K >= 2.
+
+    Returns:
+        (ED, spread_x = mean_{i!=j} |X_i - X_j|, spread_y likewise), Euclidean norms.
+
+    Raises:
+        ValueError: different shapes or fewer than 2 samples.
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"need two (K >= 2, D) sample sets of one shape, got {x.shape}, {y.shape}")
+    cross = _off_diagonal_mean(_pairwise(x, y))
+    sx, sy = _off_diagonal_mean(_pairwise(x, x)), _off_diagonal_mean(_pairwise(y, y))
+    return 2 * cross - sx - sy, sx, sy
+
+
+def relative_energy(x: np.ndarray, y: np.ndarray, min_spread: float = DEFAULT_MIN_SPREAD) -> float:
+    """ED(x, y) / max(spread of y, ``min_spread``): y is the reference (see the module doc)."""
+    ed, _, sy = energy_distance(x, y)
+    return ed / max(sy, min_spread)
+
+
+@dataclass
+class ObservationResult:
+    """Agreement figures of one observation (normalized action units)."""
+
+    energy: float
+    relative_energy: float
+    student_spread: float
+    reference_spread: float
+    mean_mse: float
+    mean_cosine: float
+    paired_rms: float
+
+
+@dataclass
+class ValidationReport:
+    """Everything ``reflex validate export`` prints; ``passed`` is the verdict."""
+
+    student: str
+    student_version: str
+    student_num_steps: int
+    threshold: float
+    parity_max_abs: float
+    parity_ok: bool
+    reference: str | None = None
+    reference_version: str | None = None
+    reference_num_steps: int | None = None
+    is_parent: bool | None = None
+    observations_source: str | None = None
+    samples: int | None = None
+    max_energy: float = DEFAULT_MAX_ENERGY
+    min_spread: float = DEFAULT_MIN_SPREAD
+    per_observation: list[ObservationResult] = field(default_factory=list)
+
+    @property
+    def summary(self) -> dict[str, float]:
+        """Means over observations (and the worst relative energy and cosine)."""
+        if not self.per_observation:
+            return {}
+        col = {
+            k: np.array([getattr(r, k) for r in self.per_observation])
+            for k in ObservationResult.__dataclass_fields__
+        }
+        out = {f"{k}_mean": float(v.mean()) for k, v in col.items()}
+        out["relative_energy_max"] = float(col["relative_energy"].max())
+        out["mean_cosine_min"] = float(col["mean_cosine"].min())
+        return out
+
+    @property
+    def agreement_ok(self) -> bool | None:
+        if not self.per_observation:
+            return None
+        return self.summary["relative_energy_mean"] <= self.max_energy
+
+    @property
+    def passed(self) -> bool:
+        return self.parity_ok and self.agreement_ok is not False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(summary=self.summary, agreement_ok=self.agreement_ok, passed=self.passed)
+        return d
+
+
+def _compatible(student: Manifest, reference: Manifest) -> None:
+    for name in ("state_dim", "action_dim", "chunk_size", "max_text_tokens"):
+        a, b = getattr(student, name), getattr(reference, name)
+        if a != b:
+            raise ValidationError(f"the exports differ in {name}: student {a}, reference {b}")
+    if student.cameras != reference.cameras:
+        raise ValidationError(
+            f"the exports differ in cameras: student {student.cameras}, "
+            f"reference {reference.cameras}"
+        )
+
+
+def store_observations(
+    store_url: str, manifest: Manifest, n: int, holdout_pct: float = 10.0
+) -> list[Observation]:
+    """``n`` observations spread evenly over a store's held-out split (both sources).
+
+    Raises:
+        ValidationError: no held-out row with every camera of ``manifest``.
+        StoreError: the store cannot be opened.
+    """
+    from ..storage.reader import ReadQuery, read_all
+    from ..storage.store import Store
+
+    store = Store.open(store_url)
+    try:
+        query = ReadQuery(split="holdout", holdout_pct=holdout_pct, chunk_size=manifest.chunk_size)
+        batch = read_all(store, query)
+    except ValueError as exc:
+        raise ValidationError(f"--store: {exc}") from None
+    finally:
+        store.close()
+    names = [c.name for c in manifest.cameras]
+    if batch is None or len(batch) == 0 or set(batch.cameras) != set(names):
+        raise ValidationError(f"--store has no held-out observations with cameras {names}")
+    if batch.state.shape[1] != manifest.state_dim:
+        raise ValidationError(
+            f"--store rows have state_dim {batch.state.shape[1]}, the export "
+            f"has {manifest.state_dim}"
+        )
+    picks = np.unique(np.linspace(0, len(batch) - 1, min(n, len(batch))).round().astype(int))
+    return [
+        Observation(
+            images={c: batch.images[i, batch.cameras.index(c)] for c in names},
+            state=batch.state[i],
+            instruction=str(batch.instructions[i]),
+        )
+        for i in picks
+    ]
+
+
+def compare(
+    student,
+    reference,
+    observations: list[Observation],
+    samples: int,
+    seed: int,
+    min_spread: float = DEFAULT_MIN_SPREAD,
+) -> list[ObservationResult]:
+    """Agreement of two :class:`~reflex_serve.runtime.policy.Policy` objects, per observation.
+
+    Each policy runs at its own default ``num_steps``; see the module docstring.
+    """
+    stats = reference.stats.action
+    results = []
+    for i, obs in enumerate(observations):
+        xs, ys = [], []
+        for k in range(samples):
+            noise = np.random.default_rng([seed, i, k]).standard_normal(
+                reference.noise_shape, dtype=np.float32
+            )
+            xs.append(stats.normalize(student.act(obs, noise=noise).actions).ravel())
+            ys.append(stats.normalize(reference.act(obs, noise=noise).actions).ravel())
+        x, y = np.stack(xs).astype(np.float64), np.stack(ys).astype(np.float64)
+        ed, sx, sy = energy_distance(x, y)
+        mx, my = x.mean(0), y.mean(0)
+        cos = float(mx @ my / max(np.linalg.norm(mx) * np.linalg.norm(my), 1e-12))
+        results.append(
+            ObservationResult(
+                energy=ed,
+                relative_energy=ed / max(sy, min_spread),
+                student_spread=sx,
+                reference_spread=sy,
+                mean_mse=float(((mx - my) ** 2).mean()),
+                mean_cosine=cos,
+                paired_rms=float(np.sqrt(((x - y) ** 2).mean())),
+            )
+        )
+    return results
+
+
+def validate_export(
+    student_dir: Path,
+    reference_dir: Path | None = None,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    max_energy: float = DEFAULT_MAX_ENERGY,
+    min_spread: float = DEFAULT_MIN_SPREAD,
+    observations: int = 16,
+    samples: int = 16,
+    store: str | None = None,
+    seed: int = 0,
+    synthetic_fallback: bool = False,
+) -> ValidationReport:
+    """Run both checks (the second only with a reference).
+
+    Args:
+        threshold: parity tolerance, max abs action difference (unnormalized units).
+        max_energy: limit on the mean relative energy distance.
+        observations: N; samples: K noise draws per observation per export.
+        store: a store URL whose held-out split supplies the observations (synthetic
+            ones without it, or when it has none and ``synthetic_fallback``).
+
+    Raises:
+        ValidationError: a missing or unreadable export, exports with different
+            dimensions, no observations, K < 2.
+        StoreError: the store cannot be opened.
+    """
+    from ..runtime.cache import PrefixCache
+    from ..runtime.policy import Policy
+    from .parity import check_parity, random_observations
+    from .weights import load_model
+
+    if samples < 2 or observations < 1:
+        raise ValidationError("need --samples >= 2 and --observations >= 1")
+    cache = PrefixCache(64 << 20)  # exports that share prefix.onnx share entries
+    try:
+        pol = Policy(student_dir, cache=cache)
+        model = load_model(Path(student_dir) / WEIGHTS)
+        ref = Policy(reference_dir, cache=cache) if reference_dir is not None else None
+    except (ExportError, FileNotFoundError, ValueError) as exc:
+        raise ValidationError(str(exc)) from None
+    parity = check_parity(model, student_dir, tolerance=float("inf")).max_abs_diff
+    report = ValidationReport(
+        student=str(student_dir),
+        student_version=pol.version,
+        student_num_steps=pol.num_steps,
+        threshold=threshold,
+        parity_max_abs=parity,
+        parity_ok=parity <= threshold,
+        max_energy=max_energy,
+        min_spread=min_spread,
+    )
+    if ref is None:
+        return report
+    _compatible(pol.manifest, ref.manifest)
+    obs, source = None, f"synthetic (seed {seed})"
+    if store is not None:
+        try:
+            obs = store_observations(store, ref.manifest, observations)
+            source = f"store held-out split ({len(obs)} observations)"
+        except ValidationError:
+            if not synthetic_fallback:
+                raise
+    if obs is None:
+        obs = random_observations(ref, observations, seed)
+    report.reference, report.reference_version = str(reference_dir), ref.version
+    report.reference_num_steps = ref.num_steps
+    report.is_parent = pol.manifest.parent_version == ref.manifest.digest
+    report.observations_source, report.samples = source, samples
+    report.per_observation = compare(pol, ref, obs, samples, seed, min_spread)
+    return report
