@@ -19,13 +19,13 @@ import numpy as np
 from websockets.sync.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, summary  # noqa: E402
+from common import interleaved, summary
 
-from reflex_serve.assets import default_teacher  # noqa: E402
-from reflex_serve.client import ReflexClient  # noqa: E402
-from reflex_serve.export.parity import random_observations  # noqa: E402
-from reflex_serve.runtime.policy import Policy  # noqa: E402
-from reflex_serve.server import codec  # noqa: E402
+from reflex_serve.assets import default_teacher
+from reflex_serve.client import ReflexClient
+from reflex_serve.export.parity import random_observations
+from reflex_serve.runtime.policy import Policy
+from reflex_serve.server import codec
 
 
 def start_server(export: Path) -> tuple[subprocess.Popen, str]:
