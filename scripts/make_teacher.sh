@@ -9,7 +9,7 @@ MODE=${1:-full}
 DEMOS=data/demos-$MODE
 RUN=runs/teacher-$MODE
 EXPORT=${EXPORT:-exports/teacher-$MODE}
-STEPS=${STEPS:-12000}
+STEPS=${STEPS:-9000}
 PORT=${PORT:-8123}
 
 [ -f "$DEMOS/meta.json" ] || reflex sim collect --episodes-per-task 40 --seed 0 --state "$MODE" --out "$DEMOS"

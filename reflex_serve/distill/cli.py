@@ -22,22 +22,15 @@ def _fail(message: str) -> NoReturn:
 
 
 def _when(value: str | None) -> datetime | None:
-    """An ISO 8601 time (UTC if no zone) or an age like ``7d`` (that long ago)."""
+    """``--since``: an ISO time or an age like ``7d``."""
+    from ..storage.maintenance import parse_time_or_age
+
     if value is None:
         return None
-    from ..storage.maintenance import parse_duration
-
     try:
-        return datetime.now(UTC) - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is neither an ISO time nor an age like 7d", param_hint="--since"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return parse_time_or_age(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
 
 
 def distill_cmd(

@@ -12,7 +12,7 @@ SQLite file ``DIR/store.sqlite``), like ``reflex serve --collect-data``.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -61,22 +61,15 @@ def _sources(value: str) -> tuple[str, ...]:
 
 
 def _when(value: str | None, flag: str) -> datetime | None:
-    """An ISO 8601 time (UTC if no zone) or an age like ``7d`` (that long ago)."""
+    """``--since`` / ``--until``: an ISO time or an age like ``7d``."""
+    from reflex_serve.storage.maintenance import parse_time_or_age
+
     if value is None:
         return None
-    from reflex_serve.storage.maintenance import parse_duration
-
     try:
-        return datetime.now(UTC) - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is neither an ISO time nor an age like 7d", param_hint=flag
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return parse_time_or_age(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=flag) from None
 
 
 def _iso(t: datetime | None) -> str:

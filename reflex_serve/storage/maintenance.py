@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, exists, func, select
 
@@ -30,6 +30,24 @@ def parse_duration(text: str) -> timedelta:
             "e.g. 30d, 12h, 1d12h"
         )
     return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
+
+
+def parse_time_or_age(text: str, now: datetime | None = None) -> datetime:
+    """An ISO 8601 time (UTC if it has no zone) or an age like ``7d`` (that long before
+    ``now``), as an aware UTC-comparable datetime.
+
+    Raises:
+        ValueError: neither form.
+    """
+    try:
+        return (now or datetime.now(UTC)) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither an ISO time nor an age like 7d") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
