@@ -6,8 +6,9 @@ for later work:
 - :class:`PolicyPicker`: ``pick(connection) -> Policy``. The default serves one policy;
   a versioning router (shadow / canary / warm-swap) plugs in its own picker.
 - ``hooks``: callables given an :class:`ActRecord` after each served chunk, off the
-  response path (a data collector enqueues it for its writer thread). A hook that
-  raises is logged and ignored; hooks must not block.
+  response path (a data collector enqueues it for its writer thread). They run on the
+  event loop, after the response has been sent: a hook must be O(1) and never block
+  (no I/O, no encoding). A hook that raises is logged and ignored.
 """
 
 from __future__ import annotations
@@ -130,6 +131,11 @@ class ServingState:
                 self.settings.act_workers, thread_name_prefix="reflex-act"
             )
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def run_hooks_after_response(self, record: ActRecord) -> None:
+        """:meth:`run_hooks` as an async background task: it runs on the event loop,
+        with no thread hop (the hooks are O(1))."""
+        self.run_hooks(record)
 
     def run_hooks(self, record: ActRecord) -> None:
         """Give ``record`` to every hook; failures are logged, never raised."""

@@ -218,5 +218,5 @@ async def act(request: Request) -> Response:
         record = ActRecord(
             request_id, transport, received_at, obs, params, result, server_ms, peer(request)
         )
-        response.background = BackgroundTask(state.run_hooks, record)
+        response.background = BackgroundTask(state.run_hooks_after_response, record)
     return response

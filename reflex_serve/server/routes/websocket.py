@@ -24,7 +24,6 @@ Protocol (as openpi's ``WebsocketPolicyServer``):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -123,7 +122,6 @@ async def openpi_websocket(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     state.metrics.websockets.inc()
-    loop = asyncio.get_running_loop()
     prev_total_ms = None
     try:
         await websocket.send_bytes(codec.packb(metadata(state, state.pick(websocket))))
@@ -162,7 +160,7 @@ async def openpi_websocket(websocket: WebSocket) -> None:
                     infer_ms,
                     peer(websocket),
                 )
-                loop.run_in_executor(None, state.run_hooks, record)
+                state.run_hooks(record)
     except WebSocketDisconnect:
         pass
     except Exception as exc:
