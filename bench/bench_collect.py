@@ -359,7 +359,7 @@ def render(args, what, lat, runs, onset, capacity, load_start, load_end) -> str:
     argv = [a for a in sys.argv[1:] if a != "--write-docs"]
     if "--note" in argv:
         del argv[argv.index("--note") : argv.index("--note") + 2]
-    cmd = "nice -n 10 python bench/bench_collect.py " + " ".join(shlex.quote(a) for a in argv)
+    cmd = "python bench/bench_collect.py " + " ".join(shlex.quote(a) for a in argv)
     blocks = [
         SECTION,
         (

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -46,7 +47,9 @@ def main() -> None:
     args = ap.parse_args()
     export = args.export or default_teacher()
     proc, url = start_server(export)
-    try:
+    with ExitStack() as stack:  # closes the websocket, then stops the server
+        stack.callback(proc.wait, timeout=20)
+        stack.callback(proc.terminate)
         policy = Policy(export)
         obs = random_observations(policy, 1)[0]
         msgpack_client = ReflexClient(url)
@@ -54,7 +57,7 @@ def main() -> None:
         json_client = ReflexClient(url, use_msgpack=False)
         body = codec.packb({"images": obs.images, "state": obs.state, "instruction": obs.instruction, "seed": 1})
         raw = httpx.Client(base_url=url)
-        ws = connect(url.replace("http", "ws"), compression=None, max_size=None)
+        ws = stack.enter_context(connect(url.replace("http", "ws"), compression=None, max_size=None))
         ws.recv()  # metadata frame
         ws_msg = codec.packb({"observation/image": obs.images[policy.manifest.cameras[0].name],
                               "observation/state": obs.state, "prompt": obs.instruction, "seed": 1})
@@ -78,10 +81,6 @@ def main() -> None:
             print(f"\n{name} adds {float(np.percentile(t[name], 50)) - base:+.3f} ms at p50 over in-process")
         js, mp = (float(np.percentile(t[k], 50)) for k in ("HTTP JSON (ReflexClient)", "HTTP msgpack (ReflexClient)"))
         print(f"msgpack / JSON p50 ratio: {mp / js:.3f}")
-        ws.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 if __name__ == "__main__":
