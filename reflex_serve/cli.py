@@ -6,7 +6,7 @@ Commands import their heavy dependencies lazily so that ``reflex --help`` stays 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -49,7 +49,7 @@ def resolve_export(export_dir: Path | None) -> Path:
 
 @train_app.command("policy")
 def train_policy_cmd(
-    data: Annotated[Path, typer.Option(help="Demonstration directory (reflex sim collect).")] = Path("data/demos"),
+    data: Annotated[str, typer.Option(help="Demonstration directory (reflex sim collect), or a store URL, SQLite file or data directory whose demo frames (train split) to use.")] = "data/demos",
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory (checkpoints, logs).")] = Path("runs/policy"),
     tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks (default: all in --data).")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 20000,
@@ -68,36 +68,75 @@ def train_policy_cmd(
 ) -> None:
     """Train a flow-matching VLA on demonstrations (pi0-style prefix + action expert)."""
     from .policy.configuration import PolicyConfig
-    from .policy.data import FrameData
     from .policy.train import TrainConfig, train_policy
     from .policy.training import LoopConfig
-    from .sim.dataset import load_demos
 
     if n_action_steps > chunk_size:
         raise typer.BadParameter(f"must be <= --chunk-size ({chunk_size})", param_hint="--n-action-steps")
     try:
-        demos = load_demos(data, tasks=tasks.split(",") if tasks else None)
+        frames, provenance = load_training_frames(data, tasks.split(",") if tasks else None)
     except (FileNotFoundError, ValueError) as exc:
         fail(f"--data: {exc}")
-    meta = demos.meta
+    h, w = frames.images.shape[2:4]
     try:
         cfg = PolicyConfig(
-            cameras=[[c["name"], c["height"], c["width"]] for c in meta["cameras"]],
-            state_dim=meta["state_dim"], action_dim=meta["action_dim"], chunk_size=chunk_size,
-            n_action_steps=n_action_steps, width=width, prefix_layers=prefix_layers,
-            expert_layers=expert_layers, state_mode=meta["state_mode"],
+            cameras=[[name, h, w] for name in frames.cameras], state_dim=frames.state.shape[1],
+            action_dim=frames.action.shape[1], chunk_size=chunk_size, n_action_steps=n_action_steps,
+            width=width, prefix_layers=prefix_layers, expert_layers=expert_layers,
+            state_mode=provenance["state_mode"],
         )
     except ValueError as exc:
         fail(str(exc))
-    frames = FrameData.from_demos(demos)
-    provenance = {"data": str(data), "tasks": demos.tasks, "episodes": demos.num_episodes,
-                  "frames": len(frames.images), "seed": seed}
-    typer.echo(f"training on {len(frames.images)} frames from {demos.num_episodes} episodes of {demos.tasks}")
+    provenance["seed"] = seed
+    typer.echo(f"training on {provenance['frames']} frames from {provenance['episodes']} episodes")
     train_policy(frames, cfg, output, LoopConfig(steps=steps, lr=lr, max_minutes=max_minutes),
                  TrainConfig(batch_size=batch_size, seed=seed, threads=threads), resume=resume, provenance=provenance)
     typer.echo(f"run written to {output}")
     if export is not None:
         export_run(output, export, overwrite=False)
+
+
+def load_training_frames(data: str, tasks: list[str] | None) -> tuple[Any, dict]:
+    """Demonstration frames from a demo directory or from a store's demo rows (train split).
+
+    Returns:
+        (:class:`~reflex_serve.policy.data.FrameData` with camera names, provenance: data, tasks, episodes, frames, state_mode).
+
+    Raises:
+        FileNotFoundError, ValueError: nothing usable at ``data`` (the message says why).
+    """
+    import numpy as np
+
+    from .distill.data import DataError, DataSpec, store_location
+    from .policy.data import FrameData
+    from .sim.dataset import load_demos
+    from .sim.env import STATE_DIMS
+
+    spec = DataSpec(data=data, source="demo")
+    if spec.demo_dir() is not None:
+        demos = load_demos(spec.demo_dir(), tasks=tasks)
+        frames = FrameData.from_demos(demos)
+        info = {"tasks": demos.tasks, "episodes": demos.num_episodes, "state_mode": demos.meta["state_mode"]}
+    else:
+        from .storage.reader import ReadQuery, load_frame_data
+        from .storage.store import Store, StoreError
+
+        if tasks:
+            raise ValueError("--tasks selects tasks of a demo directory; a store is read whole")
+        try:
+            url, data_dir = store_location(spec)
+            store = Store.open(url, data_dir, migrate=False)
+        except (DataError, StoreError) as exc:
+            raise ValueError(str(exc)) from None
+        try:
+            # chunk_size=1: the per-frame action; TrainingSet builds the chunks itself
+            frames = load_frame_data(store, ReadQuery(sources=("demo",), split="train", chunk_size=1))
+        finally:
+            store.close()
+        modes = [m for m, d in STATE_DIMS.items() if d == frames.state.shape[1]]
+        info = {"tasks": None, "episodes": len(np.unique(frames.episode_index)),
+                "state_mode": modes[0] if modes else "custom"}
+    return frames, {"data": data, **info, "frames": len(frames.images)}
 
 
 def export_run(run_dir: Path, output: Path, overwrite: bool, num_steps: int | None = None) -> None:

@@ -92,3 +92,23 @@ def test_reflex_entry_point_is_installed():
     out = subprocess.run([sys.executable, "-m", "reflex_serve.cli", "--help"], capture_output=True, text=True,
                          check=False)
     assert out.returncode == 0 and "serve" in out.stdout and "eval" in out.stdout
+
+
+def test_train_policy_reads_demo_frames_from_the_store(tmp_path):
+    store = tmp_path / "store.sqlite"
+    res = runner.invoke(app, ["sim", "collect", "--tasks", "reach-v3", "--episodes-per-task", "3",
+                              "--image-size", "32", "--out", str(tmp_path / "demos"), "--store", f"sqlite:///{store}",
+                              "--no-progress"], env=ENV)
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "policy", "--data", str(store), "--output", str(run), "--steps", "3",
+                              "--width", "32", "--prefix-layers", "1", "--expert-layers", "2",
+                              "--batch-size", "4", "--threads", "1"], env=ENV)
+    assert res.exit_code == 0, res.output
+    info = json.loads((run / "run.json").read_text())
+    assert info["policy"]["cameras"] == [["corner2", 32, 32]] and info["policy"]["state_dim"] == 39
+    prov = info["provenance"]
+    assert prov["data"] == str(store) and prov["state_mode"] == "full"
+    assert 1 <= prov["episodes"] <= 3  # the held-out split keeps some episodes out
+    res = runner.invoke(app, ["train", "policy", "--data", str(store), "--tasks", "reach-v3"], env=ENV)
+    assert res.exit_code == 2 and "--tasks" in res.output

@@ -26,6 +26,7 @@ class FrameData:
         action: float32 (N, A), unnormalized: the action taken at the frame.
         episode_index: int (N,), equal for the frames of one episode.
         instruction: (N,) str, the episode's instruction at each frame.
+        cameras: camera names in the order of the images' ``cams`` axis, if known.
     """
 
     images: np.ndarray
@@ -33,6 +34,7 @@ class FrameData:
     action: np.ndarray
     episode_index: np.ndarray
     instruction: np.ndarray
+    cameras: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -46,7 +48,8 @@ class FrameData:
     def from_demos(cls, demos) -> FrameData:
         """Frames of a loaded demo directory (:class:`reflex_serve.sim.dataset.Demos`)."""
         return cls(images=demos.images, state=demos.state, action=demos.action,
-                   episode_index=demos.episode_index, instruction=demos.frame_instructions())
+                   episode_index=demos.episode_index, instruction=demos.frame_instructions(),
+                   cameras=[c["name"] for c in demos.cameras])
 
     def fit_stats(self) -> DatasetStats:
         """Mean/std (with a floor) of state and action."""

@@ -335,4 +335,5 @@ def load_frame_data(store: Store, query: ReadQuery) -> FrameData:
         action=batch.chunks[:, 0],
         episode_index=episode_index.astype(np.int64),
         instruction=batch.instructions,
+        cameras=list(batch.cameras),
     )
