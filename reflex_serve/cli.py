@@ -222,6 +222,8 @@ def eval_cmd(
     server: Annotated[str | None, typer.Option(help="Evaluate a running server (http://host:port) instead.")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="REFLEX_API_KEY", help="API key for --server.")] = None,
     tasks: Annotated[str | None, typer.Option(help="Comma-separated MetaWorld tasks (default: the six).")] = None,
+    suite: Annotated[str | None, typer.Option(help="A named task selection: default or bimodal (instead of --tasks).")] = None,
+    probe: Annotated[bool, typer.Option(help="Also probe the bimodal tasks' decision points: the share of sampled chunks that commit to a mode.")] = False,
     num_episodes: Annotated[int, typer.Option(min=1, help="Episodes per task.")] = 10,
     seed: Annotated[int, typer.Option(help="First episode seed (default: never used for demos).")] = 1_000_000,
     num_steps: Annotated[int | None, typer.Option(min=1, max=100, help="Override the denoising steps.")] = None,
@@ -233,16 +235,12 @@ def eval_cmd(
     """Closed-loop MetaWorld evaluation: success rate with Wilson 95% intervals, /act latency."""
     from .client import LocalClient, ReflexClient, ReflexClientError
     from .sim.evaluate import run_eval, sim_settings_from_manifest
-    from .sim.tasks import parse_task_list
 
     if server is not None and export_dir is not None:
         raise typer.BadParameter("give either EXPORT_DIR or --server, not both", param_hint="--server")
     if gif and out is None:
         raise typer.BadParameter("--gif needs --out", param_hint="--gif")
-    try:
-        task_list = parse_task_list(tasks)
-    except (KeyError, ValueError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--tasks") from exc
+    task_list = eval_tasks(tasks, suite)
     if server is not None:
         client = ReflexClient(server, api_key=api_key)
         try:
@@ -254,8 +252,36 @@ def eval_cmd(
 
         policy = Policy(resolve_export(export_dir), intra_op_threads=threads)
         client, summary = LocalClient(policy), policy.manifest
+    settings = sim_settings_from_manifest(summary)
     run_eval(client, task_list, num_episodes, seed, out_dir=out, gif=gif, num_steps=num_steps,
-             progress=progress, **sim_settings_from_manifest(summary))
+             progress=progress, **settings)
+    if probe:
+        from .sim.probe import probe as run_probe
+        from .sim.tasks import BIMODAL_TASKS
+
+        probed = [t for t in task_list if t in BIMODAL_TASKS]
+        if not probed:
+            fail(f"--probe: none of {task_list} is a bimodal task ({', '.join(BIMODAL_TASKS)})")
+        report = run_probe(client, probed, seed=seed, num_steps=num_steps, **settings)
+        typer.echo(report.to_markdown())
+        if out is not None:
+            report.save(out)
+
+
+def eval_tasks(tasks: str | None, suite: str | None) -> list[str]:
+    """The task list of ``--tasks`` or ``--suite`` (the six default tasks if neither)."""
+    from .sim.tasks import SUITES, parse_task_list
+
+    if tasks is not None and suite is not None:
+        raise typer.BadParameter("give --tasks or --suite, not both", param_hint="--suite")
+    if suite is not None:
+        if suite not in SUITES:
+            raise typer.BadParameter(f"unknown suite {suite!r}; known: {', '.join(SUITES)}", param_hint="--suite")
+        return list(SUITES[suite])
+    try:
+        return parse_task_list(tasks)
+    except (KeyError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tasks") from exc
 
 
 @app.command("demo")
@@ -272,12 +298,8 @@ def demo_cmd(
     from .server.app import create_app
     from .server.runner import BackgroundServer
     from .sim.evaluate import run_eval, sim_settings_from_manifest
-    from .sim.tasks import parse_task_list
 
-    try:
-        task_list = parse_task_list(tasks)
-    except (KeyError, ValueError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--tasks") from exc
+    task_list = eval_tasks(tasks, None)
     policy = Policy(resolve_export(export_dir), cache=PrefixCache(64 << 20))
     with BackgroundServer(create_app(policy)) as server, ReflexClient(server.url) as client:
         typer.echo(f"serving {policy.version} at {server.url}; MetaWorld drives it through POST /act")

@@ -79,6 +79,9 @@ def test_eval_in_process_writes_a_report(pipeline):
         (["serve", "/nonexistent/export"], "EXPORT_DIR"),
         (["eval", "--tasks", "fly-v3"], "--tasks"),
         (["eval", "--gif"], "--gif"),
+        (["eval", "--suite", "hard"], "unknown suite"),
+        (["eval", "--suite", "bimodal", "--tasks", "reach-v3"], "not both"),
+        (["eval", "--tasks", "reach-v3", "--num-episodes", "1", "--probe", "--no-progress"], "--probe"),
         (["export", "/nonexistent/run", "--output", "/tmp/x-never"], "not a training run"),
     ],
 )
@@ -112,3 +115,14 @@ def test_train_policy_reads_demo_frames_from_the_store(tmp_path):
     assert 1 <= prov["episodes"] <= 3  # the held-out split keeps some episodes out
     res = runner.invoke(app, ["train", "policy", "--data", str(store), "--tasks", "reach-v3"], env=ENV)
     assert res.exit_code == 2 and "--tasks" in res.output
+
+
+def test_eval_probes_the_bimodal_decision_points(tmp_path):
+    out = tmp_path / "eval"
+    res = runner.invoke(app, ["eval", "--suite", "bimodal", "--num-episodes", "1", "--probe",
+                              "--out", str(out), "--no-progress"], env=ENV)
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "eval.json").read_text())
+    assert [t["task"] for t in report["tasks"]] == ["reach-wall-v3", "pick-place-wall-v3"]
+    probe = json.loads((out / "probe.json").read_text())
+    assert "reach-wall-v3" in json.dumps(probe) and "commit" in json.dumps(probe)
