@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved, summary
 
 from reflex_serve.server import codec
+from reflex_serve.server.runner import spawn_server
 from reflex_serve.storage.models import Request
 from reflex_serve.storage.records import FrameRecord
 from reflex_serve.storage.store import Store
@@ -67,26 +68,7 @@ def resolve_export(given: Path | None, tmp: Path) -> tuple[Path, str]:
 
 def start_server(export: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     """`reflex serve` on a free loopback port, ready; returns the process and its URL."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "reflex_serve.cli",
-            "serve",
-            str(export),
-            "--port",
-            "0",
-            "--log-level",
-            "warning",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    url = proc.stdout.readline().split(" at ")[1].split()[0]
-    while httpx.get(url + "/health").status_code != 200:
-        time.sleep(0.05)
-    return proc, url
+    return spawn_server(export, *extra)
 
 
 def stop_server(proc: subprocess.Popen) -> None:

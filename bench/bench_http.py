@@ -27,17 +27,12 @@ from reflex_serve.client import ReflexClient
 from reflex_serve.export.parity import random_observations
 from reflex_serve.runtime.policy import Policy
 from reflex_serve.server import codec
+from reflex_serve.server.runner import spawn_server
 
 
 def start_server(export: Path) -> tuple[subprocess.Popen, str]:
-    """`reflex serve` on a free loopback port; returns the process and its URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reflex_serve.cli", "serve", str(export), "--port", "0",
-         "--cache-mb", "0", "--log-level", "warning"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    line = proc.stdout.readline()
-    return proc, line.split(" at ")[1].split()[0]
+    """`reflex serve` on a free loopback port (prefix cache off); returns process and URL."""
+    return spawn_server(export, "--cache-mb", "0")
 
 
 def main() -> None:

@@ -3,11 +3,9 @@ loses at most the last flush interval and leaves the store readable (SQLite and 
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 
 from reflex_serve.server import codec
+from reflex_serve.server.runner import spawn_server
 from reflex_serve.storage.models import Request
 from reflex_serve.storage.store import Store
 
@@ -35,33 +34,7 @@ BODY = codec.packb(
 
 
 def start_server(export, store_url: str, *extra: str) -> tuple[subprocess.Popen, str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "reflex_serve.cli",
-        "serve",
-        str(export),
-        "--port",
-        "0",
-        "--collect-data",
-        "--store",
-        store_url,
-        "--log-level",
-        "warning",
-        *extra,
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    banner = proc.stdout.readline()
-    if "reflex-serve: model" not in banner:
-        proc.kill()
-        pytest.fail(f"server did not start: {banner!r} {proc.stderr.read()}")
-    url = banner.split(" at ")[1].split()[0]
-    deadline = time.monotonic() + 60
-    while httpx.get(url + "/health").status_code != 200:
-        assert time.monotonic() < deadline, "server never became ready"
-        time.sleep(0.05)
-    return proc, url
+    return spawn_server(export, "--collect-data", "--store", store_url, *extra)
 
 
 def load(url: str, threads: int, stop: threading.Event, limit: int | None = None):

@@ -116,3 +116,39 @@ class BackgroundServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def spawn_server(export_dir, *args: str, timeout_s: float = 60.0):
+    """Start ``reflex serve EXPORT_DIR --port 0 ARGS...`` as a subprocess and wait until
+    its ``/health`` answers 200 (benchmarks and process-level tests).
+
+    Returns:
+        (the ``subprocess.Popen``, its base URL ``http://127.0.0.1:PORT``). Stop it with
+        SIGTERM (a graceful drain) or SIGKILL.
+
+    Raises:
+        RuntimeError: the server exited or printed no start banner (its stderr is in the
+            message), or was not ready within ``timeout_s`` seconds.
+    """
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    cmd = [sys.executable, "-m", "reflex_serve.cli", "serve", str(export_dir), "--port", "0",
+           "--log-level", "warning", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    banner = proc.stdout.readline()
+    if "reflex-serve: model" not in banner:
+        proc.kill()
+        raise RuntimeError(f"reflex serve did not start: {banner!r} {proc.stderr.read()}")
+    url = banner.split(" at ")[1].split()[0]
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(url + "/health").status_code != 200:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"reflex serve at {url} not ready after {timeout_s} s")
+        time.sleep(0.05)
+    return proc, url
