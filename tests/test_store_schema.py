@@ -24,6 +24,9 @@ TABLES = {
     "request_images",
     "model_versions",
     "version_transitions",
+    "gate_runs",
+    "gate_results",
+    "gate_overrides",
 }
 
 
@@ -31,7 +34,7 @@ def test_open_creates_every_table_at_the_head_revision(store_url):
     st = Store.open(store_url)
     with st.engine.connect() as conn:
         assert set(inspect(conn).get_table_names()) == TABLES
-        assert schema.current_revision(conn) == schema.head_revision() == "0001"
+        assert schema.current_revision(conn) == schema.head_revision() == "0002"
     st.close()
 
 
@@ -45,7 +48,7 @@ def test_the_migration_history_is_linear_and_runs_from_an_installed_package():
     script = ScriptDirectory.from_config(schema.alembic_config())
     revisions = list(script.walk_revisions())
     assert len(script.get_heads()) == 1
-    assert [r.revision for r in revisions][-1] == "0001"
+    assert [r.revision for r in revisions] == ["0002", "0001"]
     assert all(len(r._all_down_revisions) <= 1 for r in revisions)
     assert schema.MIGRATIONS.is_dir() and not (schema.MIGRATIONS.parent / "alembic.ini").exists()
 
@@ -60,7 +63,7 @@ def test_a_store_at_an_older_revision_is_upgraded_on_open(store_url):
     st.close()
     st = Store.open(store_url)
     with st.engine.connect() as conn:
-        assert schema.current_revision(conn) == "0001"
+        assert schema.current_revision(conn) == "0002"
         assert set(inspect(conn).get_table_names()) == TABLES
     st.close()
 
@@ -85,7 +88,7 @@ def test_a_store_from_a_newer_release_is_refused_with_a_clear_message(store_url)
         Store.open(store_url)
     message = str(info.value)
     assert "schema revision '0042'" in message
-    assert "newer reflex-serve" in message and "'0001'" in message
+    assert "newer reflex-serve" in message and "'0002'" in message
     with pytest.raises(StoreError, match="0042"):
         Store.open(store_url, migrate=False)
 
@@ -94,7 +97,7 @@ def test_open_twice_is_a_no_op_upgrade(store_url):
     Store.open(store_url).close()
     st = Store.open(store_url)
     with st.engine.connect() as conn:
-        assert schema.current_revision(conn) == "0001"
+        assert schema.current_revision(conn) == "0002"
     st.close()
 
 

@@ -6,6 +6,7 @@
     write_demo_episode, import_demo_dir     demonstrations            (demos.py)
     store_stats, prune, export_lerobot      reflex data ...           (maintenance.py, export.py)
     register_version, set_version_state     model versions            (versions.py)
+    save_gate_run, latest_gate_run, ...     gate runs and overrides   (gate_runs.py)
 
 Nothing outside this package writes SQL. Names are imported lazily so that the CLI
 (``reflex --help``) does not import SQLAlchemy.
@@ -44,6 +45,11 @@ _EXPORTS = {
     "register_version": "versions",
     "set_version_state": "versions",
     "transitions": "versions",
+    "save_gate_run": "gate_runs",
+    "latest_gate_run": "gate_runs",
+    "latest_gate_runs": "gate_runs",
+    "add_override": "gate_runs",
+    "find_version": "gate_runs",
 }
 __all__ = list(_EXPORTS)
 

@@ -11,6 +11,9 @@ Tables (see docs/data-format.md for every column)::
     request_images       request x camera -> image (a repeated frame is stored once)
     model_versions       a served or candidate export by digest, with its lifecycle state
     version_transitions  audit log of lifecycle changes (from, to, time, actor, reason)
+    gate_runs            one evaluation of a candidate version against a reference (0002)
+    gate_results         the nine gate outcomes of a run (0002)
+    gate_overrides       operator overrides of performance gates, accepted or refused (0002)
 
 Arrays are stored as raw little-endian float32 bytes (``state``: (state_dim,),
 ``actions``: (chunk_size, action_dim)) next to their dimensions; times are UTC.
@@ -42,6 +45,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 SOURCES = ("demo", "served")
 OUTCOMES = ("success", "failure")
 LIFECYCLE_STATES = ("candidate", "shadow", "canary", "active", "retired", "rolled_back")
+GATE_KINDS = ("safety", "performance")
+GATE_VERDICTS = ("pass", "fail", "not_evaluated")
+OVERRIDE_STATUSES = ("accepted", "refused")
 MAX_EPISODE_ID = 128
 MAX_REQUEST_ID = 128
 
@@ -209,3 +215,79 @@ class VersionTransition(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     actor: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class GateRun(Base):
+    """One run of the nine gates: a candidate version judged against a reference.
+
+    ``passed`` is the verdict of the run itself (every gate passed); overrides recorded
+    later do not change it. ``config`` holds the thresholds used, ``report`` the whole
+    JSON report (docs/gates.md).
+    """
+
+    __tablename__ = "gate_runs"
+    __table_args__ = (
+        Index("ix_gate_runs_candidate_digest_started_at", "candidate_digest", "started_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    candidate_digest: Mapped[str] = mapped_column(
+        String(80), ForeignKey("model_versions.digest", ondelete="CASCADE")
+    )
+    candidate_version: Mapped[str] = mapped_column(String(16))
+    reference_digest: Mapped[str] = mapped_column(String(80))
+    reference_version: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(128))
+    passed: Mapped[bool] = mapped_column(Boolean)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class GateResult(Base):
+    """The outcome of one gate in one run (``gate``: S1..S3, P1..P6)."""
+
+    __tablename__ = "gate_results"
+    __table_args__ = (
+        CheckConstraint(_in("kind", GATE_KINDS), name="kind"),
+        CheckConstraint(_in("verdict", GATE_VERDICTS), name="verdict"),
+    )
+
+    run_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("gate_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    gate: Mapped[str] = mapped_column(String(8), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    metric: Mapped[str] = mapped_column(Text)
+    comparison: Mapped[str] = mapped_column(String(4))
+    threshold: Mapped[float | None] = mapped_column(Float)
+    value: Mapped[float | None] = mapped_column(Float)
+    evidence: Mapped[int] = mapped_column(Integer)
+    verdict: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class GateOverride(Base):
+    """An operator's request to override a gate of a run: accepted, or refused with why.
+
+    An audit log: rows are never updated. Only ``accepted`` rows count.
+    """
+
+    __tablename__ = "gate_overrides"
+    __table_args__ = (CheckConstraint(_in("status", OVERRIDE_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("gate_runs.id", ondelete="CASCADE"), index=True
+    )
+    digest: Mapped[str] = mapped_column(
+        String(80), ForeignKey("model_versions.digest", ondelete="CASCADE"), index=True
+    )
+    gate: Mapped[str] = mapped_column(String(8))
+    operator: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    refusal: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
