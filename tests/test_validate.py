@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from distill_helpers import make_store, make_teacher, one_thread  # noqa: F401
+from distill_helpers import make_demo_dir, make_store, make_teacher, one_thread  # noqa: F401
 from typer.testing import CliRunner
 
 from reflex_serve.cli import app
@@ -66,7 +66,19 @@ def teacher(tmp_path_factory):
     return make_teacher(tmp_path_factory.mktemp("validate") / "teacher")
 
 
-def test_a_model_against_itself_passes_with_zero_energy_and_json_parses(teacher):
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    return make_demo_dir(tmp_path_factory.mktemp("validate") / "demos")
+
+
+@pytest.fixture(autouse=True)
+def no_default_store(monkeypatch, tmp_path):
+    """No $REFLEX_STORE and an empty working directory: no default store to find."""
+    monkeypatch.delenv("REFLEX_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_a_model_against_itself_passes_with_zero_energy_and_json_parses(teacher, demos):
     res = runner.invoke(
         app,
         [
@@ -75,6 +87,8 @@ def test_a_model_against_itself_passes_with_zero_energy_and_json_parses(teacher)
             str(teacher),
             "--reference",
             str(teacher),
+            "--data",
+            str(demos),
             "--observations",
             "3",
             "--samples",
@@ -89,9 +103,30 @@ def test_a_model_against_itself_passes_with_zero_energy_and_json_parses(teacher)
     assert report["summary"]["relative_energy_mean"] == pytest.approx(0.0, abs=1e-9)
     assert report["summary"]["mean_cosine_min"] == pytest.approx(1.0)
     assert len(report["per_observation"]) == 3 and report["reference_num_steps"] == 10
+    assert report["observations_source"].startswith(f"demo frames of {demos}")
 
 
-def test_table_output_and_exit_1_on_failure(teacher):
+def test_without_real_observations_it_refuses_unless_synthetic_is_asked_for(teacher):
+    args = ["validate", "export", str(teacher), "--reference", str(teacher), "--samples", "3",
+            "--observations", "2"]
+    res = runner.invoke(app, args, env=ENV)
+    assert res.exit_code == 2 and "no real observations" in res.output, res.output
+    assert "--synthetic" in res.output
+    res = runner.invoke(app, [*args, "--synthetic", "--json"], env=ENV)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["observations_source"].startswith("SYNTHETIC")
+
+
+def test_the_default_store_supplies_held_out_observations(teacher, tmp_path):
+    (tmp_path / "data").mkdir()
+    make_store(f"sqlite:///{tmp_path / 'data' / 'store.sqlite'}")  # ./data/store.sqlite
+    res = runner.invoke(app, ["validate", "export", str(teacher), "--reference", str(teacher),
+                              "--samples", "3", "--observations", "2", "--json"], env=ENV)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["observations_source"] == "store held-out split (2 observations)"
+
+
+def test_table_output_and_exit_1_on_failure(teacher, demos):
     res = runner.invoke(
         app,
         [
@@ -100,6 +135,8 @@ def test_table_output_and_exit_1_on_failure(teacher):
             str(teacher),
             "--reference",
             str(teacher),
+            "--data",
+            str(demos),
             "--observations",
             "2",
             "--samples",

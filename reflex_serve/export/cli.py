@@ -130,8 +130,26 @@ def validate_export_cmd(
     samples: Annotated[int, typer.Option(min=2, help="Noise draws K per observation.")] = 16,
     store: Annotated[
         str | None,
-        typer.Option(help="Store URL: observations from its held-out split (default: synthetic)."),
+        typer.Option(
+            help="Store URL: observations from its held-out split (default: $REFLEX_STORE, "
+            "else the --data-dir store when it exists)."
+        ),
     ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Directory of the embedded SQLite store (default: data).")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Demonstration directory: its frames when no store has observations."),
+    ] = None,
+    synthetic: Annotated[
+        bool,
+        typer.Option(
+            "--synthetic",
+            help="Allow synthetic random observations when no real ones are found "
+            "(out of distribution: a good student may fail there).",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of noise and synthetic observations.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -149,6 +167,9 @@ def validate_export_cmd(
         observations=observations,
         samples=samples,
         store=store,
+        data_dir=data_dir,
+        data=data,
+        synthetic=synthetic,
         seed=seed,
     )
     raise typer.Exit(code)

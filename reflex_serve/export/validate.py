@@ -32,8 +32,15 @@ Two checks:
    Passes when the mean ``rel`` over observations is <= ``max_energy`` (default 0.5:
    halfway between a faithful student, ~0, and a mode-collapsed one, ~1).
 
-Observations: the held-out split of a store (``--store``; N spread evenly over it) or N
-deterministic synthetic ones (:func:`.parity.random_observations`).
+Observations are real data (:mod:`reflex_serve.gates.evidence`): the held-out split of
+``--store`` (or of the default store: ``$REFLEX_STORE``, else ``data/store.sqlite`` when
+that file exists), else the frames of a demonstration directory (``--data``), N spread
+evenly over them. Synthetic random observations are far out of distribution (a good
+student can disagree with its teacher there), so they are used only when asked for
+(``--synthetic``), and the report says so.
+
+The same sample convention and agreement figures are the 9-gate evaluator's P3
+(:mod:`reflex_serve.gates`), which imports :func:`draw_samples` and :func:`agreement`.
 """
 
 from __future__ import annotations
@@ -176,34 +183,47 @@ def store_observations(
         ValidationError: no held-out row with every camera of ``manifest``.
         StoreError: the store cannot be opened.
     """
-    from ..storage.reader import ReadQuery, read_all
-    from ..storage.store import Store
+    from ..gates.evidence import EvidenceError
+    from ..gates.evidence import store_observations as held_out
 
-    store = Store.open(store_url)
     try:
-        query = ReadQuery(split="holdout", holdout_pct=holdout_pct, chunk_size=manifest.chunk_size)
-        batch = read_all(store, query)
-    except ValueError as exc:
+        return held_out(store_url, manifest, n, holdout_pct)
+    except EvidenceError as exc:
         raise ValidationError(f"--store: {exc}") from None
-    finally:
-        store.close()
-    names = [c.name for c in manifest.cameras]
-    if batch is None or len(batch) == 0 or set(batch.cameras) != set(names):
-        raise ValidationError(f"--store has no held-out observations with cameras {names}")
-    if batch.state.shape[1] != manifest.state_dim:
-        raise ValidationError(
-            f"--store rows have state_dim {batch.state.shape[1]}, the export "
-            f"has {manifest.state_dim}"
-        )
-    picks = np.unique(np.linspace(0, len(batch) - 1, min(n, len(batch))).round().astype(int))
-    return [
-        Observation(
-            images={c: batch.images[i, batch.cameras.index(c)] for c in names},
-            state=batch.state[i],
-            instruction=str(batch.instructions[i]),
-        )
-        for i in picks
-    ]
+
+
+def draw_samples(policy, observations: list[Observation], samples: int, seed: int,
+                 noise_shape: tuple[int, int]) -> np.ndarray:
+    """``samples`` chunks per observation, float32 (N, K, H, A) in action units.
+
+    Draw ``k`` of observation ``i`` starts from ``default_rng([seed, i, k])`` noise of
+    ``noise_shape``, whichever the policy: two policies see the same noise. Each runs at
+    its own default ``num_steps``.
+    """
+    out = np.empty((len(observations), samples, *noise_shape), np.float32)
+    for i, obs in enumerate(observations):
+        for k in range(samples):
+            noise = np.random.default_rng([seed, i, k]).standard_normal(noise_shape, dtype=np.float32)
+            out[i, k] = policy.act(obs, noise=noise).actions
+    return out
+
+
+def agreement(x: np.ndarray, y: np.ndarray, min_spread: float = DEFAULT_MIN_SPREAD) -> ObservationResult:
+    """Agreement of student samples ``x`` with reference samples ``y``, both (K, D) in
+    normalized units, row k of each drawn with the same noise (module docstring)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ed, sx, sy = energy_distance(x, y)
+    mx, my = x.mean(0), y.mean(0)
+    cos = float(mx @ my / max(np.linalg.norm(mx) * np.linalg.norm(my), 1e-12))
+    return ObservationResult(
+        energy=ed,
+        relative_energy=ed / max(sy, min_spread),
+        student_spread=sx,
+        reference_spread=sy,
+        mean_mse=float(((mx - my) ** 2).mean()),
+        mean_cosine=cos,
+        paired_rms=float(np.sqrt(((x - y) ** 2).mean())),
+    )
 
 
 def compare(
@@ -219,31 +239,12 @@ def compare(
     Each policy runs at its own default ``num_steps``; see the module docstring.
     """
     stats = reference.stats.action
-    results = []
-    for i, obs in enumerate(observations):
-        xs, ys = [], []
-        for k in range(samples):
-            noise = np.random.default_rng([seed, i, k]).standard_normal(
-                reference.noise_shape, dtype=np.float32
-            )
-            xs.append(stats.normalize(student.act(obs, noise=noise).actions).ravel())
-            ys.append(stats.normalize(reference.act(obs, noise=noise).actions).ravel())
-        x, y = np.stack(xs).astype(np.float64), np.stack(ys).astype(np.float64)
-        ed, sx, sy = energy_distance(x, y)
-        mx, my = x.mean(0), y.mean(0)
-        cos = float(mx @ my / max(np.linalg.norm(mx) * np.linalg.norm(my), 1e-12))
-        results.append(
-            ObservationResult(
-                energy=ed,
-                relative_energy=ed / max(sy, min_spread),
-                student_spread=sx,
-                reference_spread=sy,
-                mean_mse=float(((mx - my) ** 2).mean()),
-                mean_cosine=cos,
-                paired_rms=float(np.sqrt(((x - y) ** 2).mean())),
-            )
-        )
-    return results
+    shape = reference.noise_shape
+    xs = stats.normalize(draw_samples(student, observations, samples, seed, shape))
+    ys = stats.normalize(draw_samples(reference, observations, samples, seed, shape))
+    n = len(observations)
+    return [agreement(xs[i].reshape(samples, -1), ys[i].reshape(samples, -1), min_spread)
+            for i in range(n)]
 
 
 def validate_export(
@@ -256,7 +257,10 @@ def validate_export(
     observations: int = 16,
     samples: int = 16,
     store: str | None = None,
+    data: Path | None = None,
+    data_dir: Path | None = None,
     seed: int = 0,
+    synthetic: bool = False,
     synthetic_fallback: bool = False,
 ) -> ValidationReport:
     """Run both checks (the second only with a reference).
@@ -265,17 +269,21 @@ def validate_export(
         threshold: parity tolerance, max abs action difference (unnormalized units).
         max_energy: limit on the mean relative energy distance.
         observations: N; samples: K noise draws per observation per export.
-        store: a store URL whose held-out split supplies the observations (synthetic
-            ones without it, or when it has none and ``synthetic_fallback``).
+        store: a store URL whose held-out split supplies the observations (default:
+            ``$REFLEX_STORE``, else ``data_dir``'s SQLite store when its file exists).
+        data: a demonstration directory, used when the store gives no observations.
+        synthetic, synthetic_fallback: use synthetic observations when no real ones
+            are found (the report's ``observations_source`` says so).
 
     Raises:
         ValidationError: a missing or unreadable export, exports with different
             dimensions, no observations, K < 2.
         StoreError: the store cannot be opened.
     """
+    from ..gates.evidence import EvidenceError, default_store_url, replay_observations
     from ..runtime.cache import PrefixCache
     from ..runtime.policy import Policy
-    from .parity import check_parity, random_observations
+    from .parity import check_parity
     from .weights import load_model
 
     if samples < 2 or observations < 1:
@@ -301,19 +309,27 @@ def validate_export(
     if ref is None:
         return report
     _compatible(pol.manifest, ref.manifest)
-    obs, source = None, f"synthetic (seed {seed})"
-    if store is not None:
-        try:
-            obs = store_observations(store, ref.manifest, observations)
-            source = f"store held-out split ({len(obs)} observations)"
-        except ValidationError:
-            if not synthetic_fallback:
-                raise
-    if obs is None:
-        obs = random_observations(ref, observations, seed)
+    try:
+        replay = replay_observations(
+            ref.manifest,
+            ref.stats,
+            observations,
+            store=store if store is not None else default_store_url(data_dir),
+            data=data,
+            synthetic=synthetic or synthetic_fallback,
+            seed=seed,
+        )
+    except EvidenceError as exc:
+        raise ValidationError(str(exc)) from None
+    if not replay.observations:
+        tried = "; ".join(replay.notes) or "no store has rows and no --data was given"
+        raise ValidationError(
+            f"no real observations to compare on ({tried}): give --store URL with a "
+            "held-out split, --data DEMO_DIR, or --synthetic for random ones"
+        )
     report.reference, report.reference_version = str(reference_dir), ref.version
     report.reference_num_steps = ref.num_steps
     report.is_parent = pol.manifest.parent_version == ref.manifest.digest
-    report.observations_source, report.samples = source, samples
-    report.per_observation = compare(pol, ref, obs, samples, seed, min_spread)
+    report.observations_source, report.samples = replay.source, samples
+    report.per_observation = compare(pol, ref, replay.observations, samples, seed, min_spread)
     return report
