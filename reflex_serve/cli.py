@@ -12,6 +12,7 @@ import typer
 
 from .distill.cli import distill_cmd
 from .export.cli import validate_app
+from .gates.cli import gates_app
 from .sim.cli import sim_app
 from .storage.cli import data_app
 
@@ -22,6 +23,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(sim_app, name="sim", help="MetaWorld simulation: demonstrations.")
 app.add_typer(data_app, name="data")
 app.add_typer(validate_app, name="validate")
+app.add_typer(gates_app, name="gates")
 train_app.command("distill")(distill_cmd)
 
 ExportArg = Annotated[Path | None, typer.Argument(

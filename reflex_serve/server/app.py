@@ -71,7 +71,10 @@ def create_app(
         hooks = [*hooks, collector.hook]
     state = ServingState(picker, settings, hooks)
     if collector is not None:
+        from reflex_serve.gates.metrics import GateCollector
+
         collector.writer.export_metrics(state.metrics.registry)
+        state.metrics.registry.register(GateCollector(collector.store))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
