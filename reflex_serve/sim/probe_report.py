@@ -168,26 +168,21 @@ class ProbeReport:
 def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
     """Energy distance between two sample sets (e.g. teacher vs student chunks).
 
-    ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` with Euclidean norms over the flattened
-    samples, within-set means over distinct pairs (U-statistics). 0 for equal
-    distributions, > 0 otherwise (in action units).
+    :func:`reflex_serve.export.validate.energy_distance` on the flattened samples: i = j
+    pairs excluded everywhere, so two sets drawn with the same noise seeds by the same
+    policy are exactly 0 apart; in action units.
 
     Args:
-        x: float (n, ...), y: float (m, ...) with the same trailing shape; n, m >= 2.
+        x, y: float (K, ...) with the same shape, K >= 2.
 
     Raises:
-        ValueError: fewer than 2 samples or different trailing shapes.
+        ValueError: fewer than 2 samples or different shapes.
     """
-    x = np.asarray(x, np.float64).reshape(len(x), -1)
-    y = np.asarray(y, np.float64).reshape(len(y), -1)
-    if len(x) < 2 or len(y) < 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"need (n >= 2, d) and (m >= 2, d) samples, got {x.shape}, {y.shape}")
+    from reflex_serve.export.validate import energy_distance as paired_energy
 
-    def mean_dist(a: np.ndarray, b: np.ndarray, same: bool) -> float:
-        d = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=-1)
-        return float(d.sum() / (len(a) * (len(a) - 1))) if same else float(d.mean())
-
-    return 2 * mean_dist(x, y, False) - mean_dist(x, x, True) - mean_dist(y, y, True)
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    return paired_energy(x.reshape(len(x), -1), y.reshape(len(y), -1))[0]
 
 
 def compare_reports(base: ProbeReport, other: ProbeReport) -> dict[str, dict[str, Any]]:
