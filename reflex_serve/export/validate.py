@@ -192,8 +192,9 @@ def store_observations(
         raise ValidationError(f"--store: {exc}") from None
 
 
-def draw_samples(policy, observations: list[Observation], samples: int, seed: int,
-                 noise_shape: tuple[int, int]) -> np.ndarray:
+def draw_samples(
+    policy, observations: list[Observation], samples: int, seed: int, noise_shape: tuple[int, int]
+) -> np.ndarray:
     """``samples`` chunks per observation, float32 (N, K, H, A) in action units.
 
     Draw ``k`` of observation ``i`` starts from ``default_rng([seed, i, k])`` noise of
@@ -203,12 +204,16 @@ def draw_samples(policy, observations: list[Observation], samples: int, seed: in
     out = np.empty((len(observations), samples, *noise_shape), np.float32)
     for i, obs in enumerate(observations):
         for k in range(samples):
-            noise = np.random.default_rng([seed, i, k]).standard_normal(noise_shape, dtype=np.float32)
+            noise = np.random.default_rng([seed, i, k]).standard_normal(
+                noise_shape, dtype=np.float32
+            )
             out[i, k] = policy.act(obs, noise=noise).actions
     return out
 
 
-def agreement(x: np.ndarray, y: np.ndarray, min_spread: float = DEFAULT_MIN_SPREAD) -> ObservationResult:
+def agreement(
+    x: np.ndarray, y: np.ndarray, min_spread: float = DEFAULT_MIN_SPREAD
+) -> ObservationResult:
     """Agreement of student samples ``x`` with reference samples ``y``, both (K, D) in
     normalized units, row k of each drawn with the same noise (module docstring)."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -243,8 +248,10 @@ def compare(
     xs = stats.normalize(draw_samples(student, observations, samples, seed, shape))
     ys = stats.normalize(draw_samples(reference, observations, samples, seed, shape))
     n = len(observations)
-    return [agreement(xs[i].reshape(samples, -1), ys[i].reshape(samples, -1), min_spread)
-            for i in range(n)]
+    return [
+        agreement(xs[i].reshape(samples, -1), ys[i].reshape(samples, -1), min_spread)
+        for i in range(n)
+    ]
 
 
 def validate_export(

@@ -89,8 +89,15 @@ def _accepted(run) -> dict[str, Any]:
 
 
 def _override_dict(o) -> dict[str, Any]:
-    return {"id": o.id, "gate": o.gate, "operator": o.operator, "reason": o.reason,
-            "status": o.status, "refusal": o.refusal, "at": o.at.isoformat()}
+    return {
+        "id": o.id,
+        "gate": o.gate,
+        "operator": o.operator,
+        "reason": o.reason,
+        "status": o.status,
+        "refusal": o.refusal,
+        "at": o.at.isoformat(),
+    }
 
 
 def latest_report(store, ident: str) -> GateReport:
@@ -131,15 +138,21 @@ def override(store, ident: str, gate: str, operator: str, reason: str):
     result = next((r for r in run.results if r.gate == spec.id), None)
     refusal = None
     if spec.kind == SAFETY:
-        refusal = (f"{spec.id} {spec.name} is a safety gate: safety gates can never be "
-                   "overridden")
+        refusal = f"{spec.id} {spec.name} is a safety gate: safety gates can never be overridden"
     elif result is None:
         refusal = f"run {run.id} has no result for {spec.id}"
     elif result.verdict == PASS:
         refusal = f"{spec.id} {spec.name} passed in run {run.id}: there is nothing to override"
-    row = add_override(store, run_id=run.id, digest=version.digest, gate=spec.id,
-                       operator=operator.strip(), reason=reason.strip(),
-                       status="refused" if refusal else "accepted", refusal=refusal)
+    row = add_override(
+        store,
+        run_id=run.id,
+        digest=version.digest,
+        gate=spec.id,
+        operator=operator.strip(),
+        reason=reason.strip(),
+        status="refused" if refusal else "accepted",
+        refusal=refusal,
+    )
     if refusal:
         raise OverrideRefused(f"override refused: {refusal} (attempt recorded, id {row.id})", row)
     return row
@@ -171,6 +184,9 @@ def may_ship(store, ident: str) -> ShipDecision:
     except AuditError as exc:
         return ShipDecision(ident, False, None, reason=str(exc))
     ok, blocking, overridden = decide(run)
-    reason = "every gate passed" if ok and not overridden else (
-        f"overridden: {', '.join(overridden)}" if ok else f"blocked by {', '.join(blocking)}")
+    reason = (
+        "every gate passed"
+        if ok and not overridden
+        else (f"overridden: {', '.join(overridden)}" if ok else f"blocked by {', '.join(blocking)}")
+    )
     return ShipDecision(version.version, ok, run.id, blocking, overridden, reason)

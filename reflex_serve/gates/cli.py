@@ -65,15 +65,30 @@ def _print(report, json_path: Path | None) -> None:
 def run_cmd(
     candidate: Annotated[Path, typer.Argument(help="Candidate export directory (e.g. a student).")],
     reference: Annotated[Path, typer.Option(help="Reference export (the teacher it must match).")],
-    suite: Annotated[str | None, typer.Option(help="Simulation suite: default, bimodal or none.")] = None,
-    tasks: Annotated[str | None, typer.Option(help="Comma-separated MetaWorld tasks instead of --suite.")] = None,
-    episodes: Annotated[int | None, typer.Option(min=1, help="Episodes per task and policy.")] = None,
+    suite: Annotated[
+        str | None, typer.Option(help="Simulation suite: default, bimodal or none.")
+    ] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="Comma-separated MetaWorld tasks instead of --suite.")
+    ] = None,
+    episodes: Annotated[
+        int | None, typer.Option(min=1, help="Episodes per task and policy.")
+    ] = None,
     store: StoreOpt = None,
     data_dir: DataDirOpt = None,
-    data: Annotated[Path | None, typer.Option(help="Demonstration directory: replay frames when the store has no held-out rows.")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML file of thresholds on top of the defaults.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Demonstration directory: replay frames when the store has no held-out rows."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file of thresholds on top of the defaults.")
+    ] = None,
     json_path: JsonOpt = None,
-    operator: Annotated[str | None, typer.Option(help="Who runs the gates (recorded; default: the user).")] = None,
+    operator: Annotated[
+        str | None, typer.Option(help="Who runs the gates (recorded; default: the user).")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Print each stage to stderr.")] = True,
 ) -> None:
     """Run the nine gates on CANDIDATE against --reference, record the run in the store.
@@ -107,8 +122,15 @@ def run_cmd(
     st = _open_store(store, data_dir)
     say = (lambda msg: typer.echo(f"gates: {msg}", err=True)) if progress else None
     try:
-        report = run_gates(candidate, reference, cfg, store=st, data=data,
-                           actor=operator or _default_operator(), progress=say)
+        report = run_gates(
+            candidate,
+            reference,
+            cfg,
+            store=st,
+            data=data,
+            actor=operator or _default_operator(),
+            progress=say,
+        )
         persist(st, report, read_manifest(candidate).to_dict())
     except (GateInputError, ConfigError) as exc:
         _fail(str(exc))
@@ -121,7 +143,9 @@ def run_cmd(
 @gates_app.command("override")
 def override_cmd(
     version: Annotated[str, typer.Argument(help="Model version (12 hex digits) or digest.")],
-    gate: Annotated[str, typer.Option(help="Gate id (P1..P6) or name, e.g. P4 or latency_speedup.")],
+    gate: Annotated[
+        str, typer.Option(help="Gate id (P1..P6) or name, e.g. P4 or latency_speedup.")
+    ],
     operator: Annotated[str, typer.Option(help="Who overrides (recorded).")],
     reason: Annotated[str, typer.Option(help="Why (recorded).")],
     store: StoreOpt = None,
@@ -143,10 +167,14 @@ def override_cmd(
         _fail(str(exc))
     finally:
         st.close()
-    typer.echo(f"override of {row.gate} on run {row.run_id} accepted (id {row.id}, "
-               f"{row.operator}, {row.at.isoformat(timespec='seconds')})")
-    typer.echo(f"version {decision.version}: "
-               f"{'may ship' if decision.may_ship else 'may not ship'} ({decision.reason})")
+    typer.echo(
+        f"override of {row.gate} on run {row.run_id} accepted (id {row.id}, "
+        f"{row.operator}, {row.at.isoformat(timespec='seconds')})"
+    )
+    typer.echo(
+        f"version {decision.version}: "
+        f"{'may ship' if decision.may_ship else 'may not ship'} ({decision.reason})"
+    )
 
 
 @gates_app.command("show")

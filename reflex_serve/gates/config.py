@@ -68,7 +68,9 @@ class SimConfig:
 
         if self.tasks:
             unknown = [t for t in self.tasks if t not in TASKS]
-            _require(not unknown, "sim", "tasks", f"has unknown tasks {unknown}; known: {list(TASKS)}")
+            _require(
+                not unknown, "sim", "tasks", f"has unknown tasks {unknown}; known: {list(TASKS)}"
+            )
             return list(self.tasks)
         return [] if self.suite == "none" else list(SUITES[self.suite])
 
@@ -240,9 +242,7 @@ def from_dict(data: dict[str, dict[str, Any]]) -> GateConfig:
         missing = [k for k in hints if k not in values]
         if missing:
             raise ConfigError(f"[{f.name}] is missing {', '.join(missing)}")
-        sections[f.name] = cls(
-            **{k: _convert(values[k], hints[k], f.name, k) for k in hints}
-        )
+        sections[f.name] = cls(**{k: _convert(values[k], hints[k], f.name, k) for k in hints})
     return GateConfig(**sections)
 
 

@@ -51,7 +51,9 @@ def _spread(total: int, n: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))
 
 
-def store_observations(store, manifest: Manifest, n: int, holdout_pct: float = 10.0) -> list[Observation]:
+def store_observations(
+    store, manifest: Manifest, n: int, holdout_pct: float = 10.0
+) -> list[Observation]:
     """``n`` observations spread evenly over a store's held-out split (both sources).
 
     Args:
@@ -70,8 +72,12 @@ def store_observations(store, manifest: Manifest, n: int, holdout_pct: float = 1
     st = Store.open(store) if own else store
     names = [c.name for c in manifest.cameras]
     try:
-        light = ReadQuery(split="holdout", holdout_pct=holdout_pct, chunk_size=manifest.chunk_size,
-                          with_images=False)
+        light = ReadQuery(
+            split="holdout",
+            holdout_pct=holdout_pct,
+            chunk_size=manifest.chunk_size,
+            with_images=False,
+        )
         ids = np.concatenate([b.ids for b in iter_batches(st, light, 4096)] or [np.array([])])
         picked = set(ids[_spread(len(ids), n)]) if len(ids) else set()
         out = []
@@ -80,12 +86,17 @@ def store_observations(store, manifest: Manifest, n: int, holdout_pct: float = 1
             if set(batch.cameras) != set(names):
                 continue
             if batch.state.shape[1] != manifest.state_dim:
-                raise EvidenceError(f"store rows have state_dim {batch.state.shape[1]}, the "
-                                    f"export has {manifest.state_dim}")
+                raise EvidenceError(
+                    f"store rows have state_dim {batch.state.shape[1]}, the "
+                    f"export has {manifest.state_dim}"
+                )
             for i in np.nonzero([rid in picked for rid in batch.ids])[0]:
                 images = {c: decode_png(batch.images[i, batch.cameras.index(c)]) for c in names}
-                out.append(Observation(images=images, state=batch.state[i],
-                                       instruction=str(batch.instructions[i])))
+                out.append(
+                    Observation(
+                        images=images, state=batch.state[i], instruction=str(batch.instructions[i])
+                    )
+                )
     except ValueError as exc:
         if isinstance(exc, EvidenceError):
             raise
@@ -115,26 +126,35 @@ def demo_observations(directory: Path | str, manifest: Manifest, n: int) -> list
     if sorted(cams) != sorted(want):
         raise EvidenceError(f"--data {directory}: cameras {cams}, the export has {want}")
     if demos.state_dim != manifest.state_dim:
-        raise EvidenceError(f"--data {directory}: state_dim {demos.state_dim}, the export "
-                            f"has {manifest.state_dim}")
+        raise EvidenceError(
+            f"--data {directory}: state_dim {demos.state_dim}, the export has {manifest.state_dim}"
+        )
     names = [c[0] for c in cams]
     return [
-        Observation(images={c.name: demos.images[i, names.index(c.name)] for c in manifest.cameras},
-                    state=demos.state[i].astype(np.float32), instruction=demos.instruction(i))
+        Observation(
+            images={c.name: demos.images[i, names.index(c.name)] for c in manifest.cameras},
+            state=demos.state[i].astype(np.float32),
+            instruction=demos.instruction(i),
+        )
         for i in _spread(len(demos), n)
     ]
 
 
-def synthetic_observations(manifest: Manifest, stats: DatasetStats, n: int, seed: int) -> list[Observation]:
+def synthetic_observations(
+    manifest: Manifest, stats: DatasetStats, n: int, seed: int
+) -> list[Observation]:
     """``n`` deterministic random observations (uniform pixels, state ~ N(mean, std))."""
     rng = np.random.default_rng(seed)
     words = ("reach the goal", "push the puck to the target", "", "open the drawer please")
     return [
         Observation(
-            images={c.name: rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8)
-                    for c in manifest.cameras},
-            state=(stats.state.mean + stats.state.std * rng.standard_normal(stats.state.mean.shape)
-                   ).astype(np.float32),
+            images={
+                c.name: rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8)
+                for c in manifest.cameras
+            },
+            state=(
+                stats.state.mean + stats.state.std * rng.standard_normal(stats.state.mean.shape)
+            ).astype(np.float32),
             instruction=words[i % len(words)],
         )
         for i in range(n)
@@ -189,13 +209,18 @@ def replay_observations(
         return Replay(obs, "demos", f"demo frames of {data} ({len(obs)} observations)", notes)
     if synthetic:
         obs = synthetic_observations(manifest, stats, n, seed)
-        return Replay(obs, "synthetic",
-                      f"SYNTHETIC random observations (seed {seed}; out of distribution)", notes)
+        return Replay(
+            obs,
+            "synthetic",
+            f"SYNTHETIC random observations (seed {seed}; out of distribution)",
+            notes,
+        )
     return Replay([], "none", "no replay observations", notes)
 
 
-def probe_observations(manifest: Manifest, stats: DatasetStats, base: Observation | None
-                       ) -> list[tuple[str, Observation]]:
+def probe_observations(
+    manifest: Manifest, stats: DatasetStats, base: Observation | None
+) -> list[tuple[str, Observation]]:
     """The five edge probes (:data:`PROBES`), built on ``base`` (module docstring)."""
     if base is None:
         images = {c.name: np.full((c.height, c.width, 3), 128, np.uint8) for c in manifest.cameras}
@@ -207,8 +232,14 @@ def probe_observations(manifest: Manifest, stats: DatasetStats, base: Observatio
     return [
         ("black_image", Observation(filled(0), base.state, base.instruction)),
         ("white_image", Observation(filled(255), base.state, base.instruction)),
-        ("state_min", Observation(base.images, stats.state.min.astype(np.float32), base.instruction)),
-        ("state_max", Observation(base.images, stats.state.max.astype(np.float32), base.instruction)),
+        (
+            "state_min",
+            Observation(base.images, stats.state.min.astype(np.float32), base.instruction),
+        ),
+        (
+            "state_max",
+            Observation(base.images, stats.state.max.astype(np.float32), base.instruction),
+        ),
         ("empty_instruction", Observation(base.images, base.state, "")),
     ]
 
@@ -237,8 +268,14 @@ class Draws:
         return len(self.labels)
 
 
-def draw(candidate, reference, replay: list[Observation], probes: list[tuple[str, Observation]],
-         samples: int, seed: int) -> Draws:
+def draw(
+    candidate,
+    reference,
+    replay: list[Observation],
+    probes: list[tuple[str, Observation]],
+    samples: int,
+    seed: int,
+) -> Draws:
     """Run both policies on every observation, ``samples`` draws each (same noise)."""
     from ..export.validate import draw_samples
 
@@ -247,8 +284,18 @@ def draw(candidate, reference, replay: list[Observation], probes: list[tuple[str
     out = {}
     for name, policy in (("candidate", candidate), ("reference", reference)):
         try:
-            out[name] = (draw_samples(policy, observations, samples, seed, reference.noise_shape), None)
+            out[name] = (
+                draw_samples(policy, observations, samples, seed, reference.noise_shape),
+                None,
+            )
         except Exception as exc:  # noqa: BLE001 (a broken graph raises onnxruntime types)
             out[name] = (None, f"{type(exc).__name__}: {exc}")
-    return Draws(labels, len(replay), samples, out["candidate"][0], out["reference"][0],
-                 out["candidate"][1], out["reference"][1])
+    return Draws(
+        labels,
+        len(replay),
+        samples,
+        out["candidate"][0],
+        out["reference"][0],
+        out["candidate"][1],
+        out["reference"][1],
+    )

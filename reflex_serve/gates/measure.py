@@ -40,8 +40,14 @@ class Latency:
         return float(np.percentile(getattr(self, f"{which}_ms"), q))
 
 
-def measure_latency(candidate_dir: Path, reference_dir: Path, observations: list[Observation],
-                    calls: int, warmup: int, threads: int) -> Latency:
+def measure_latency(
+    candidate_dir: Path,
+    reference_dir: Path,
+    observations: list[Observation],
+    calls: int,
+    warmup: int,
+    threads: int,
+) -> Latency:
     """Time ``calls`` act calls of each policy, interleaved (ABBA order), on fresh
     sessions without a prefix cache: every call computes its prefix, as in closed loop.
 
@@ -92,9 +98,19 @@ class ResourceMeasurement:
         self._deadline = time.monotonic() + timeout_s
         self._procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "reflex_serve.gates.measure", str(d), "--acts", str(acts),
-                 "--threads", str(threads)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "reflex_serve.gates.measure",
+                    str(d),
+                    "--acts",
+                    str(acts),
+                    "--threads",
+                    str(threads),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
                 env=_child_env(threads),
             )
             for d in self.export_dirs
@@ -111,7 +127,9 @@ class ResourceMeasurement:
         try:
             for d, p in zip(self.export_dirs, self._procs):
                 try:
-                    stdout, stderr = p.communicate(timeout=max(1.0, self._deadline - time.monotonic()))
+                    stdout, stderr = p.communicate(
+                        timeout=max(1.0, self._deadline - time.monotonic())
+                    )
                 except subprocess.TimeoutExpired:
                     raise RuntimeError(f"measuring {d} took over {self.timeout_s:g} s") from None
                 if p.returncode != 0:
@@ -130,8 +148,9 @@ class ResourceMeasurement:
                 p.wait()
 
 
-def measure_resources(export_dirs: list[Path], acts: int, threads: int, timeout_s: float
-                      ) -> list[dict[str, Any]]:
+def measure_resources(
+    export_dirs: list[Path], acts: int, threads: int, timeout_s: float
+) -> list[dict[str, Any]]:
     """Measure each export in its own process, concurrently; one dict each."""
     return ResourceMeasurement(export_dirs, acts, threads, timeout_s).results()
 
@@ -149,21 +168,45 @@ class _SeededClient:
         return self.policy.act(obs, num_steps=num_steps, seed=self._seed + self._calls)
 
 
-def run_suite(export_dir: Path, tasks: list[str], episodes: int, seed: int, max_steps: int,
-              threads: int = 1):
+_SUITE_CACHE: dict[tuple, Any] = {}
+_SUITE_CACHE_SIZE = 8
+
+
+def run_suite(
+    export_dir: Path, tasks: list[str], episodes: int, seed: int, max_steps: int, threads: int = 1
+):
     """Closed-loop MetaWorld success of one export: an :class:`~reflex_serve.sim.report.EvalReport`.
+
+    Rollouts are deterministic (seeded episodes, seeded noise per call, MuJoCo), so a
+    result is kept in this process by (digest, tasks, episodes, seed, horizon): gating
+    several candidates against one teacher runs the teacher's suite once.
 
     Raises:
         ValueError: the export's cameras or state size fit no MetaWorld observation.
         Whatever the rollout raises (a non-finite action: ``InvalidAction``).
     """
+    from ..export.manifest import read_manifest
     from ..runtime.policy import Policy
     from ..sim.evaluate import evaluate, sim_settings_from_manifest
 
+    key = (read_manifest(export_dir).digest, tuple(tasks), episodes, seed, max_steps)
+    if key in _SUITE_CACHE:
+        return _SUITE_CACHE[key]
     policy = Policy(export_dir, intra_op_threads=threads, cache=None)
     settings = sim_settings_from_manifest(policy.manifest)
-    return evaluate(_SeededClient(policy, seed), tasks, episodes, seed, progress=False,
-                    max_steps=max_steps or None, **settings)
+    report = evaluate(
+        _SeededClient(policy, seed),
+        tasks,
+        episodes,
+        seed,
+        progress=False,
+        max_steps=max_steps or None,
+        **settings,
+    )
+    if len(_SUITE_CACHE) >= _SUITE_CACHE_SIZE:
+        _SUITE_CACHE.pop(next(iter(_SUITE_CACHE)))
+    _SUITE_CACHE[key] = report
+    return report
 
 
 def peak_rss_kib() -> int:
@@ -193,9 +236,18 @@ def _main(argv: list[str]) -> None:
     policy = Policy(args.export_dir, intra_op_threads=args.threads, cache=None)
     policy.warmup(args.acts)
     peak = peak_rss_kib()
-    print(json.dumps({"export_dir": str(args.export_dir), "base_kib": base, "peak_kib": peak,
-                      "policy_kib": peak - base, "model_bytes": model_bytes(args.export_dir),
-                      "acts": args.acts}))
+    print(
+        json.dumps(
+            {
+                "export_dir": str(args.export_dir),
+                "base_kib": base,
+                "peak_kib": peak,
+                "policy_kib": peak - base,
+                "model_bytes": model_bytes(args.export_dir),
+                "acts": args.acts,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

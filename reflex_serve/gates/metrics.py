@@ -35,8 +35,13 @@ class GateCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         """The metric names, without reading the store (registration stays cheap)."""
-        for name in ("reflex_gate_passed", "reflex_gate_value", "reflex_gate_overridden",
-                     "reflex_gate_may_ship", "reflex_gate_run_timestamp_seconds"):
+        for name in (
+            "reflex_gate_passed",
+            "reflex_gate_value",
+            "reflex_gate_overridden",
+            "reflex_gate_may_ship",
+            "reflex_gate_run_timestamp_seconds",
+        ):
             yield GaugeMetricFamily(name, "")
         yield CounterMetricFamily("reflex_gate_scrape_errors", "")
 
@@ -47,16 +52,25 @@ class GateCollector(Collector):
         from .audit import decide
 
         labels = ["version", "gate", "kind"]
-        passed = GaugeMetricFamily("reflex_gate_passed",
-                                   "Latest gate result: 1 passed or overridden, 0 not.", labels=labels)
+        passed = GaugeMetricFamily(
+            "reflex_gate_passed",
+            "Latest gate result: 1 passed or overridden, 0 not.",
+            labels=labels,
+        )
         value = GaugeMetricFamily("reflex_gate_value", "Latest gate measurement.", labels=labels)
-        overridden = GaugeMetricFamily("reflex_gate_overridden",
-                                       "1 when an accepted override applies.", labels=labels)
-        ship = GaugeMetricFamily("reflex_gate_may_ship",
-                                 "1 when the version's latest gate run lets it ship.",
-                                 labels=["version"])
-        stamp = GaugeMetricFamily("reflex_gate_run_timestamp_seconds",
-                                  "When the version's latest gate run finished.", labels=["version"])
+        overridden = GaugeMetricFamily(
+            "reflex_gate_overridden", "1 when an accepted override applies.", labels=labels
+        )
+        ship = GaugeMetricFamily(
+            "reflex_gate_may_ship",
+            "1 when the version's latest gate run lets it ship.",
+            labels=["version"],
+        )
+        stamp = GaugeMetricFamily(
+            "reflex_gate_run_timestamp_seconds",
+            "When the version's latest gate run finished.",
+            labels=["version"],
+        )
         try:
             runs = latest_gate_runs(self.store, self.max_versions)
         except SQLAlchemyError as exc:
@@ -76,5 +90,6 @@ class GateCollector(Collector):
                 if r.value is not None:
                     value.add_metric(key, float(r.value))
         yield from (passed, value, overridden, ship, stamp)
-        yield CounterMetricFamily("reflex_gate_scrape_errors", "Failed store reads of gate metrics.",
-                                  value=self.errors)
+        yield CounterMetricFamily(
+            "reflex_gate_scrape_errors", "Failed store reads of gate metrics.", value=self.errors
+        )

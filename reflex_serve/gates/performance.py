@@ -56,15 +56,29 @@ def task_success(candidate, reference, cfg: TaskSuccessConfig) -> GateResult:
     bar = max(0.0, ref_rate - cfg.margin)
     lb = wilson_interval(kc, nc, cfg.z)[0]
     best = wilson_interval(nc, nc, cfg.z)[0]
-    data = {"candidate_successes": kc, "reference_successes": kr, "episodes": nc,
-            "candidate_rate": kc / nc, "reference_rate": ref_rate}
+    data = {
+        "candidate_successes": kc,
+        "reference_successes": kr,
+        "episodes": nc,
+        "candidate_rate": kc / nc,
+        "reference_rate": ref_rate,
+    }
     if best < bar:
         return GateResult.make(
-            "P1", ">=", bar, lb, nc, NOT_EVALUATED,
+            "P1",
+            ">=",
+            bar,
+            lb,
+            nc,
+            NOT_EVALUATED,
             f"{nc} episodes cannot show a lower bound >= {bar:.3f} (even {nc}/{nc} gives "
-            f"{best:.3f}); raise [sim] episodes", **data)
-    detail = (f"candidate {kc}/{nc} ({kc / nc:.1%}, lower bound {lb:.3f}) vs teacher "
-              f"{kr}/{nr} ({ref_rate:.1%}) - {cfg.margin:g}")
+            f"{best:.3f}); raise [sim] episodes",
+            **data,
+        )
+    detail = (
+        f"candidate {kc}/{nc} ({kc / nc:.1%}, lower bound {lb:.3f}) vs teacher "
+        f"{kr}/{nr} ({ref_rate:.1%}) - {cfg.margin:g}"
+    )
     return GateResult.make("P1", ">=", bar, lb, nc, PASS if lb >= bar else FAIL, detail, **data)
 
 
@@ -74,16 +88,20 @@ def per_task_regression(candidate, reference, cfg: PerTaskRegressionConfig) -> G
     drops = {t.task: ref[t.task].success_rate - t.success_rate for t in candidate.tasks}
     worst = max(drops, key=drops.get)
     value = drops[worst]
-    rates = {t.task: {"candidate": t.success_rate, "reference": ref[t.task].success_rate}
-             for t in candidate.tasks}
+    rates = {
+        t.task: {"candidate": t.success_rate, "reference": ref[t.task].success_rate}
+        for t in candidate.tasks
+    }
     over = [t for t, d in drops.items() if d > cfg.max_drop + 1e-12]
-    detail = (f"worst {worst}: {rates[worst]['candidate']:.0%} vs teacher "
-              f"{rates[worst]['reference']:.0%}")
+    detail = (
+        f"worst {worst}: {rates[worst]['candidate']:.0%} vs teacher {rates[worst]['reference']:.0%}"
+    )
     if over:
         detail += f"; dropped more than {cfg.max_drop:.0%}: {', '.join(over)}"
     evidence = sum(t.episodes for t in candidate.tasks)
-    return GateResult.make("P2", "<=", cfg.max_drop, value, evidence, FAIL if over else PASS,
-                           detail, per_task=rates)
+    return GateResult.make(
+        "P2", "<=", cfg.max_drop, value, evidence, FAIL if over else PASS, detail, per_task=rates
+    )
 
 
 def suite_not_evaluated(reason: str) -> list[GateResult]:
@@ -91,22 +109,34 @@ def suite_not_evaluated(reason: str) -> list[GateResult]:
     return [not_evaluated("P1", reason, comparison=">="), not_evaluated("P2", reason)]
 
 
-def action_agreement(draws: Draws, action_stats, cfg: ActionAgreementConfig,
-                     evidence: EvidenceConfig) -> GateResult:
+def action_agreement(
+    draws: Draws, action_stats, cfg: ActionAgreementConfig, evidence: EvidenceConfig
+) -> GateResult:
     """P3 on the replay part of ``draws`` (normalized with the teacher's ``action_stats``)."""
     n, k = draws.replay, draws.samples
     if draws.candidate is None or draws.reference is None:
         err = draws.candidate_error or draws.reference_error
         return not_evaluated("P3", f"a policy could not act: {err}", threshold=cfg.max_energy)
     if n < evidence.min_observations:
-        return not_evaluated("P3", f"{n} held-out observations, fewer than "
-                             f"[evidence] min_observations = {evidence.min_observations}",
-                             evidence=n * k, threshold=cfg.max_energy)
+        return not_evaluated(
+            "P3",
+            f"{n} held-out observations, fewer than "
+            f"[evidence] min_observations = {evidence.min_observations}",
+            evidence=n * k,
+            threshold=cfg.max_energy,
+        )
     x = action_stats.normalize(draws.candidate[:n]).reshape(n, k, -1).astype(np.float64)
     y = action_stats.normalize(draws.reference[:n]).reshape(n, k, -1).astype(np.float64)
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        return GateResult.make("P3", "<=", cfg.max_energy, None, n * k, FAIL,
-                               "non-finite actions on the replay observations")
+        return GateResult.make(
+            "P3",
+            "<=",
+            cfg.max_energy,
+            None,
+            n * k,
+            FAIL,
+            "non-finite actions on the replay observations",
+        )
     per = [agreement(x[i], y[i], cfg.min_spread) for i in range(n)]
     rel = float(np.mean([r.relative_energy for r in per]))
     mse = float(np.mean([r.mean_mse for r in per]))
@@ -121,14 +151,30 @@ def action_agreement(draws: Draws, action_stats, cfg: ActionAgreementConfig,
         failed.append(f"mean-chunk cosine {cos:.3f} < {cfg.min_mean_cosine:g}")
     spread_r = float(np.mean([r.reference_spread for r in per]))
     spread_c = float(np.mean([r.student_spread for r in per]))
-    detail = "; ".join(failed) if failed else (
-        f"mean-chunk MSE {mse:.3g}, cosine {cos:.3f}; spread candidate {spread_c:.3f} vs "
-        f"teacher {spread_r:.3f}")
+    detail = (
+        "; ".join(failed)
+        if failed
+        else (
+            f"mean-chunk MSE {mse:.3g}, cosine {cos:.3f}; spread candidate {spread_c:.3f} vs "
+            f"teacher {spread_r:.3f}"
+        )
+    )
     return GateResult.make(
-        "P3", "<=", cfg.max_energy, rel, n * k, FAIL if failed else PASS, detail,
-        observations=n, samples=k, mean_mse=mse, mean_cosine=cos,
+        "P3",
+        "<=",
+        cfg.max_energy,
+        rel,
+        n * k,
+        FAIL if failed else PASS,
+        detail,
+        observations=n,
+        samples=k,
+        mean_mse=mse,
+        mean_cosine=cos,
         relative_energy_max=float(max(r.relative_energy for r in per)),
-        spread_candidate=spread_c, spread_teacher=spread_r)
+        spread_candidate=spread_c,
+        spread_teacher=spread_r,
+    )
 
 
 def _latency_problem(latency: Latency | None, error: str | None, cfg: LatencyConfig) -> str | None:
@@ -139,8 +185,9 @@ def _latency_problem(latency: Latency | None, error: str | None, cfg: LatencyCon
     return None
 
 
-def latency_speedup(latency: Latency | None, error: str | None, cfg: LatencySpeedupConfig,
-                    measure: LatencyConfig) -> GateResult:
+def latency_speedup(
+    latency: Latency | None, error: str | None, cfg: LatencySpeedupConfig, measure: LatencyConfig
+) -> GateResult:
     """P4: candidate p50 / teacher p50, interleaved in one run."""
     problem = _latency_problem(latency, error, measure)
     if problem:
@@ -148,13 +195,22 @@ def latency_speedup(latency: Latency | None, error: str | None, cfg: LatencySpee
     c50, r50 = latency.percentile("candidate", 50), latency.percentile("reference", 50)
     ratio = c50 / r50
     detail = f"p50 {c50:.2f} ms vs teacher {r50:.2f} ms (interleaved, no prefix cache)"
-    return GateResult.make("P4", "<=", cfg.max_ratio, ratio, len(latency.candidate_ms),
-                           PASS if ratio <= cfg.max_ratio else FAIL, detail,
-                           candidate_p50_ms=c50, reference_p50_ms=r50)
+    return GateResult.make(
+        "P4",
+        "<=",
+        cfg.max_ratio,
+        ratio,
+        len(latency.candidate_ms),
+        PASS if ratio <= cfg.max_ratio else FAIL,
+        detail,
+        candidate_p50_ms=c50,
+        reference_p50_ms=r50,
+    )
 
 
-def latency_p99_budget(latency: Latency | None, error: str | None, cfg: LatencyBudgetConfig,
-                       measure: LatencyConfig) -> GateResult:
+def latency_p99_budget(
+    latency: Latency | None, error: str | None, cfg: LatencyBudgetConfig, measure: LatencyConfig
+) -> GateResult:
     """P5: candidate p99 (ms) under the control budget."""
     problem = _latency_problem(latency, error, measure)
     if problem:
@@ -162,25 +218,49 @@ def latency_p99_budget(latency: Latency | None, error: str | None, cfg: LatencyB
     p99 = latency.percentile("candidate", 99)
     ref99 = latency.percentile("reference", 99)
     detail = f"p99 {p99:.2f} ms (teacher {ref99:.2f} ms), budget {cfg.budget_ms:g} ms"
-    return GateResult.make("P5", "<=", cfg.budget_ms, p99, len(latency.candidate_ms),
-                           PASS if p99 <= cfg.budget_ms else FAIL, detail, reference_p99_ms=ref99)
+    return GateResult.make(
+        "P5",
+        "<=",
+        cfg.budget_ms,
+        p99,
+        len(latency.candidate_ms),
+        PASS if p99 <= cfg.budget_ms else FAIL,
+        detail,
+        reference_p99_ms=ref99,
+    )
 
 
-def resources(candidate: dict[str, Any] | None, reference: dict[str, Any] | None,
-              error: str | None, cfg: ResourcesConfig) -> GateResult:
+def resources(
+    candidate: dict[str, Any] | None,
+    reference: dict[str, Any] | None,
+    error: str | None,
+    cfg: ResourcesConfig,
+) -> GateResult:
     """P6 from two measurement dicts (:func:`.measure.measure_resources`)."""
     if candidate is None or reference is None:
-        return not_evaluated("P6", f"resources could not be measured: {error}",
-                             threshold=cfg.max_ratio)
+        return not_evaluated(
+            "P6", f"resources could not be measured: {error}", threshold=cfg.max_ratio
+        )
     floor = cfg.memory_floor_mb * 1024
     mem_c, mem_r = max(candidate["policy_kib"], floor), max(reference["policy_kib"], floor)
     mem_ratio = mem_c / mem_r
     bytes_ratio = candidate["model_bytes"] / reference["model_bytes"]
     value = max(mem_ratio, bytes_ratio)
-    detail = (f"memory {candidate['policy_kib'] / 1024:.1f} vs {reference['policy_kib'] / 1024:.1f}"
-              f" MiB ({mem_ratio:.2f}x), model {candidate['model_bytes'] / 2**20:.2f} vs "
-              f"{reference['model_bytes'] / 2**20:.2f} MiB ({bytes_ratio:.2f}x)")
-    return GateResult.make("P6", "<=", cfg.max_ratio, value, 2,
-                           PASS if value <= cfg.max_ratio else FAIL, detail,
-                           memory_ratio=mem_ratio, bytes_ratio=bytes_ratio,
-                           candidate=candidate, reference=reference)
+    detail = (
+        f"memory {candidate['policy_kib'] / 1024:.1f} vs {reference['policy_kib'] / 1024:.1f}"
+        f" MiB ({mem_ratio:.2f}x), model {candidate['model_bytes'] / 2**20:.2f} vs "
+        f"{reference['model_bytes'] / 2**20:.2f} MiB ({bytes_ratio:.2f}x)"
+    )
+    return GateResult.make(
+        "P6",
+        "<=",
+        cfg.max_ratio,
+        value,
+        2,
+        PASS if value <= cfg.max_ratio else FAIL,
+        detail,
+        memory_ratio=mem_ratio,
+        bytes_ratio=bytes_ratio,
+        candidate=candidate,
+        reference=reference,
+    )

@@ -26,8 +26,11 @@ def verdict_text(r: GateResult) -> str:
     """The verdict cell: ``pass``, ``FAIL``, ``not evaluated``, or ``overridden``."""
     if r.overridden is not None and r.verdict != PASS:
         return f"[magenta]overridden[/] ({r.overridden['operator']})"
-    return {PASS: "[green]pass[/]", FAIL: "[bold red]FAIL[/]",
-            NOT_EVALUATED: "[yellow]not evaluated[/]"}[r.verdict]
+    return {
+        PASS: "[green]pass[/]",
+        FAIL: "[bold red]FAIL[/]",
+        NOT_EVALUATED: "[yellow]not evaluated[/]",
+    }[r.verdict]
 
 
 def render(report: GateReport, console=None) -> None:
@@ -37,27 +40,40 @@ def render(report: GateReport, console=None) -> None:
 
     console = console or Console(width=max(160, Console().width))
     c, ref = report.candidate, report.reference
-    table = Table(title=f"gates: candidate {c['version']} ({c['num_steps']} step(s)) vs "
-                        f"reference {ref['version']} ({ref['num_steps']} steps)")
+    table = Table(
+        title=f"gates: candidate {c['version']} ({c['num_steps']} step(s)) vs "
+        f"reference {ref['version']} ({ref['num_steps']} steps)"
+    )
     for col in ("gate", "kind", "metric", "threshold", "value", "evidence", "verdict", "detail"):
         table.add_column(col, overflow="fold", no_wrap=col in ("gate", "kind", "verdict"))
     for r in report.results:
         threshold = f"{r.comparison} {fmt_number(r.threshold, r.gate)}"
-        table.add_row(f"{r.gate} {r.name}", r.kind, r.metric, threshold,
-                      fmt_number(r.value, r.gate), str(r.evidence), verdict_text(r), r.detail)
+        table.add_row(
+            f"{r.gate} {r.name}",
+            r.kind,
+            r.metric,
+            threshold,
+            fmt_number(r.value, r.gate),
+            str(r.evidence),
+            verdict_text(r),
+            r.detail,
+        )
     console.print(table)
     ev = report.evidence
-    console.print(f"evidence: {ev.get('replay_source')}; probes: "
-                  f"{', '.join(ev.get('probes', [])) or 'none'}; {ev.get('samples')} draws per "
-                  f"observation; run {report.run_id} by {report.actor or 'unknown'}, "
-                  f"{report.started_at}")
+    console.print(
+        f"evidence: {ev.get('replay_source')}; probes: "
+        f"{', '.join(ev.get('probes', [])) or 'none'}; {ev.get('samples')} draws per "
+        f"observation; run {report.run_id} by {report.actor or 'unknown'}, "
+        f"{report.started_at}"
+    )
     for note in ev.get("replay_notes", []):
         console.print(f"  note: {note}")
     for o in report.overrides:
         status = "[magenta]accepted[/]" if o["status"] == "accepted" else "[red]refused[/]"
         why = f" ({o['refusal']})" if o.get("refusal") else ""
-        console.print(f"override {o['gate']} {status} by {o['operator']} at {o['at']}: "
-                      f"{o['reason']}{why}")
+        console.print(
+            f"override {o['gate']} {status} by {o['operator']} at {o['at']}: {o['reason']}{why}"
+        )
     if report.may_ship:
         extra = " (with overrides)" if any(r.overridden for r in report.results) else ""
         console.print(f"[bold green]MAY SHIP[/]{extra}")

@@ -133,12 +133,21 @@ class GateResult:
     def row(self) -> dict[str, Any]:
         """The fields stored in ``gate_results``."""
         keys = ("gate", "name", "kind", "metric", "comparison", "threshold", "value")
-        return {**{k: getattr(self, k) for k in keys}, "evidence": self.evidence,
-                "verdict": self.verdict, "detail": self.detail}
+        return {
+            **{k: getattr(self, k) for k in keys},
+            "evidence": self.evidence,
+            "verdict": self.verdict,
+            "detail": self.detail,
+        }
 
 
-def not_evaluated(gate: str, detail: str, evidence: int = 0, comparison: str = "<=",
-                  threshold: float | None = None) -> GateResult:
+def not_evaluated(
+    gate: str,
+    detail: str,
+    evidence: int = 0,
+    comparison: str = "<=",
+    threshold: float | None = None,
+) -> GateResult:
     """A gate without enough evidence (a safety gate then fails, see :meth:`GateResult.make`)."""
     return GateResult.make(gate, comparison, threshold, None, evidence, NOT_EVALUATED, detail)
 
@@ -196,7 +205,18 @@ class GateReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GateReport:
         results = [GateResult(**r) for r in data["gates"]]
-        keys = ("run_id", "candidate", "reference", "started_at", "finished_at", "evidence",
-                "config")
-        return cls(**{k: data[k] for k in keys}, results=results, actor=data.get("actor", ""),
-                   overrides=list(data.get("overrides", [])))
+        keys = (
+            "run_id",
+            "candidate",
+            "reference",
+            "started_at",
+            "finished_at",
+            "evidence",
+            "config",
+        )
+        return cls(
+            **{k: data[k] for k in keys},
+            results=results,
+            actor=data.get("actor", ""),
+            overrides=list(data.get("overrides", [])),
+        )

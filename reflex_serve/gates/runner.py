@@ -3,8 +3,9 @@
     report = run_gates(candidate_dir, reference_dir, load_config(), store=store)
 
 Order: replay and probes (S1, S2, S3, P3), latency (P4, P5), then the closed-loop suite
-(P1, P2), the longest, while the resource measurement (P6) runs in child processes. Every gate gets a result: a measurement that
-fails is reported in the gate's detail, never raised. Only bad input raises
+(P1, P2), the longest, while the resource measurement (P6) runs in child processes.
+Every gate gets a result: a measurement that fails is reported in the gate's detail,
+never raised. Only bad input raises
 :class:`GateInputError` (missing or invalid exports, exports of different dimensions, a
 demo directory that does not fit).
 """
@@ -48,41 +49,61 @@ def check_compatible(candidate: Manifest, reference: Manifest) -> None:
     for name in ("state_dim", "action_dim", "chunk_size"):
         a, b = getattr(candidate, name), getattr(reference, name)
         if a != b:
-            raise GateInputError(f"candidate and reference differ in {name}: candidate {a}, "
-                                 f"reference {b}")
+            raise GateInputError(
+                f"candidate and reference differ in {name}: candidate {a}, reference {b}"
+            )
     if candidate.cameras != reference.cameras:
-        raise GateInputError(f"candidate and reference differ in cameras: candidate "
-                             f"{candidate.cameras}, reference {reference.cameras}")
+        raise GateInputError(
+            f"candidate and reference differ in cameras: candidate "
+            f"{candidate.cameras}, reference {reference.cameras}"
+        )
 
 
 def _describe(path: Path, m: Manifest) -> dict[str, Any]:
-    return {"path": str(path), "version": m.version, "digest": m.digest,
-            "num_steps": m.num_steps, "parent_version": m.parent_version}
+    return {
+        "path": str(path),
+        "version": m.version,
+        "digest": m.digest,
+        "num_steps": m.num_steps,
+        "parent_version": m.parent_version,
+    }
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _safety_and_agreement(cand, ref, cfg: GateConfig, store, data, say: Progress
-                          ) -> tuple[dict[str, GateResult], dict[str, Any], list]:
+def _safety_and_agreement(
+    cand, ref, cfg: GateConfig, store, data, say: Progress
+) -> tuple[dict[str, GateResult], dict[str, Any], list]:
     ev = cfg.evidence
     try:
-        replay = replay_observations(ref.manifest, ref.stats, ev.observations, store=store,
-                                     data=data, holdout_pct=ev.holdout_pct)
+        replay = replay_observations(
+            ref.manifest,
+            ref.stats,
+            ev.observations,
+            store=store,
+            data=data,
+            holdout_pct=ev.holdout_pct,
+        )
     except EvidenceError as exc:
         raise GateInputError(str(exc)) from None
     base = replay.observations[0] if replay.observations else None
     probes = probe_observations(ref.manifest, ref.stats, base) if ev.probes else []
-    say(f"replaying {len(replay.observations)} observations and {len(probes)} probes, "
-        f"{ev.samples} draws each ({replay.source})")
+    say(
+        f"replaying {len(replay.observations)} observations and {len(probes)} probes, "
+        f"{ev.samples} draws each ({replay.source})"
+    )
     draws = draw(cand, ref, replay.observations, probes, ev.samples, ev.seed)
     results: dict[str, GateResult] = {"S1": safety.finite(draws)}
     try:
-        limits = (safety.explicit_limits(ref.manifest.action_limits, ref.manifest.action_dim)
-                  or safety.explicit_limits(cand.manifest.action_limits, ref.manifest.action_dim)
-                  or safety.derived_limits(draws, ref.stats.action.min, ref.stats.action.max,
-                                           cfg.action_limits))
+        limits = (
+            safety.explicit_limits(ref.manifest.action_limits, ref.manifest.action_dim)
+            or safety.explicit_limits(cand.manifest.action_limits, ref.manifest.action_dim)
+            or safety.derived_limits(
+                draws, ref.stats.action.min, ref.stats.action.max, cfg.action_limits
+            )
+        )
     except ValueError as exc:
         limits = None
         results["S2"] = not_evaluated("S2", str(exc), comparison="==", threshold=0)
@@ -91,27 +112,41 @@ def _safety_and_agreement(cand, ref, cfg: GateConfig, store, data, say: Progress
         results["S2"] = safety.action_limits(draws, limits)
         results["S3"] = safety.motion_smoothness(draws, limits, cfg.motion_smoothness)
     results["P3"] = performance.action_agreement(draws, ref.stats.action, cfg.action_agreement, ev)
-    evidence = {"replay_kind": replay.kind, "replay_source": replay.source,
-                "replay_observations": len(replay.observations), "replay_notes": replay.notes,
-                "probes": [name for name, _ in probes], "samples": ev.samples}
+    evidence = {
+        "replay_kind": replay.kind,
+        "replay_source": replay.source,
+        "replay_observations": len(replay.observations),
+        "replay_notes": replay.notes,
+        "probes": [name for name, _ in probes],
+        "samples": ev.samples,
+    }
     timing_obs = replay.observations or [o for _, o in probes]
     return results, evidence, timing_obs
 
 
-def _latency(cand_dir: Path, ref_dir: Path, observations: list, cfg: GateConfig,
-             say: Progress) -> list[GateResult]:
+def _latency(
+    cand_dir: Path, ref_dir: Path, observations: list, cfg: GateConfig, say: Progress
+) -> list[GateResult]:
     lat, error = None, None
     if not observations:
         error = "no observations to time"
     else:
         say(f"timing {cfg.latency.calls} interleaved act calls of each policy")
         try:
-            lat = measure_latency(cand_dir, ref_dir, observations, cfg.latency.calls,
-                                  cfg.latency.warmup, cfg.latency.threads)
+            lat = measure_latency(
+                cand_dir,
+                ref_dir,
+                observations,
+                cfg.latency.calls,
+                cfg.latency.warmup,
+                cfg.latency.threads,
+            )
         except Exception as exc:  # noqa: BLE001 (reported in the gate's detail)
             error = f"{type(exc).__name__}: {exc}"
-    return [performance.latency_speedup(lat, error, cfg.latency_speedup, cfg.latency),
-            performance.latency_p99_budget(lat, error, cfg.latency_p99_budget, cfg.latency)]
+    return [
+        performance.latency_speedup(lat, error, cfg.latency_speedup, cfg.latency),
+        performance.latency_p99_budget(lat, error, cfg.latency_p99_budget, cfg.latency),
+    ]
 
 
 def _resources(measurement, error: str | None, cfg: GateConfig) -> GateResult:
@@ -130,7 +165,9 @@ def _suite(cand_dir: Path, ref_dir: Path, cfg: GateConfig, say: Progress) -> lis
     s = cfg.sim
     tasks = s.task_list()
     if not tasks:
-        return performance.suite_not_evaluated("no simulation suite configured ([sim] suite = none)")
+        return performance.suite_not_evaluated(
+            "no simulation suite configured ([sim] suite = none)"
+        )
     runs = {}
     for who, path in (("reference", ref_dir), ("candidate", cand_dir)):
         say(f"closed loop: {who} on {', '.join(tasks)}, {s.episodes} episodes each")
@@ -140,13 +177,18 @@ def _suite(cand_dir: Path, ref_dir: Path, cfg: GateConfig, say: Progress) -> lis
             if who == "reference":
                 return performance.suite_not_evaluated(f"the teacher's rollout failed: {exc}")
             detail = f"the candidate's rollout failed: {exc}"
-            return [GateResult.make(g, op, None, None, 0, "fail", detail)
-                    for g, op in (("P1", ">="), ("P2", "<="))]
+            return [
+                GateResult.make(g, op, None, None, 0, "fail", detail)
+                for g, op in (("P1", ">="), ("P2", "<="))
+            ]
         except (ValueError, ImportError, RuntimeError) as exc:
             return performance.suite_not_evaluated(f"the suite cannot run: {exc}")
-    return [performance.task_success(runs["candidate"], runs["reference"], cfg.task_success),
-            performance.per_task_regression(runs["candidate"], runs["reference"],
-                                            cfg.per_task_regression)]
+    return [
+        performance.task_success(runs["candidate"], runs["reference"], cfg.task_success),
+        performance.per_task_regression(
+            runs["candidate"], runs["reference"], cfg.per_task_regression
+        ),
+    ]
 
 
 def run_gates(
@@ -187,8 +229,9 @@ def run_gates(
     measurement, error = None, None
     try:
         r = cfg.resources
-        measurement = ResourceMeasurement([cand_dir, ref_dir], r.acts, cfg.latency.threads,
-                                          r.timeout_s)
+        measurement = ResourceMeasurement(
+            [cand_dir, ref_dir], r.acts, cfg.latency.threads, r.timeout_s
+        )
     except OSError as exc:
         error = f"cannot start the measurement: {exc}"
     try:

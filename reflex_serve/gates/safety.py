@@ -61,8 +61,9 @@ def explicit_limits(manifest_limits: dict | None, action_dim: int) -> Limits | N
     return Limits(low, high, "manifest action_limits")
 
 
-def derived_limits(draws: Draws, data_min: np.ndarray, data_max: np.ndarray,
-                   cfg: ActionLimitsConfig) -> Limits:
+def derived_limits(
+    draws: Draws, data_min: np.ndarray, data_max: np.ndarray, cfg: ActionLimitsConfig
+) -> Limits:
     """The teacher's range (its data and its finite chunks) widened by the margin."""
     low, high = np.asarray(data_min, np.float64), np.asarray(data_max, np.float64)
     ref = draws.reference
@@ -73,8 +74,11 @@ def derived_limits(draws: Draws, data_min: np.ndarray, data_max: np.ndarray,
             low, high = np.minimum(low, flat.min(0)), np.maximum(high, flat.max(0))
     pad = cfg.margin * np.maximum(high - low, 1e-6)
     seen = "its data and its chunks" if ref is not None else "its data"
-    return Limits(low - pad, high + pad,
-                  f"teacher range ({seen}) widened by {cfg.margin:g} x width on each side")
+    return Limits(
+        low - pad,
+        high + pad,
+        f"teacher range ({seen}) widened by {cfg.margin:g} x width on each side",
+    )
 
 
 def _evidence_problem(draws: Draws) -> str | None:
@@ -106,8 +110,16 @@ def finite(draws: Draws) -> GateResult:
     else:
         bad_chunks = int(bad.reshape(draws.observations, draws.samples, -1).any(2).sum())
         detail = f"{count} NaN/Inf values in {bad_chunks} chunks, at {_where(draws, per_obs)}"
-    return GateResult.make("S1", "==", 0, count, chunks, PASS if count == 0 else FAIL, detail,
-                           offending=[draws.labels[i] for i in np.nonzero(per_obs)[0]])
+    return GateResult.make(
+        "S1",
+        "==",
+        0,
+        count,
+        chunks,
+        PASS if count == 0 else FAIL,
+        detail,
+        offending=[draws.labels[i] for i in np.nonzero(per_obs)[0]],
+    )
 
 
 def action_limits(draws: Draws, limits: Limits) -> GateResult:
@@ -127,10 +139,13 @@ def action_limits(draws: Draws, limits: Limits) -> GateResult:
         dims = sorted({int(d) for d in np.nonzero(out)[-1]})
         worst = float(np.max(np.where(out, np.maximum(limits.low - c, c - limits.high), 0)))
         per_obs = out.reshape(draws.observations, -1).any(1)
-        detail = (f"{count} values outside the limits (dimensions {dims}, up to {worst:.3g} "
-                  f"beyond), at {_where(draws, per_obs)}; limits from the {limits.source}")
-    return GateResult.make("S2", "==", 0, count, chunks, PASS if count == 0 else FAIL, detail,
-                           **data)
+        detail = (
+            f"{count} values outside the limits (dimensions {dims}, up to {worst:.3g} "
+            f"beyond), at {_where(draws, per_obs)}; limits from the {limits.source}"
+        )
+    return GateResult.make(
+        "S2", "==", 0, count, chunks, PASS if count == 0 else FAIL, detail, **data
+    )
 
 
 def motion_smoothness(draws: Draws, limits: Limits, cfg: MotionSmoothnessConfig) -> GateResult:
@@ -146,8 +161,9 @@ def motion_smoothness(draws: Draws, limits: Limits, cfg: MotionSmoothnessConfig)
     c, t = draws.candidate.astype(np.float64), draws.reference.astype(np.float64)
     ok = np.isfinite(c).all((2, 3)) & np.isfinite(t).all((2, 3))  # (N, K) usable draws
     if not ok.any():
-        return not_evaluated("S3", "no draw where both policies' chunks are finite",
-                             threshold=ratio_max)
+        return not_evaluated(
+            "S3", "no draw where both policies' chunks are finite", threshold=ratio_max
+        )
     sc = np.abs(np.diff(c[ok], axis=1)).reshape(-1, c.shape[-1])  # (M * (H-1), A)
     st = np.abs(np.diff(t[ok], axis=1)).reshape(-1, c.shape[-1])
     p99_c, p99_t = np.percentile(sc, 99, axis=0), np.percentile(st, 99, axis=0)
@@ -158,10 +174,22 @@ def motion_smoothness(draws: Draws, limits: Limits, cfg: MotionSmoothnessConfig)
     value = float(ratios.max())
     passed = value <= ratio_max and not over.any()
     dim = int(ratios.argmax())
-    detail = (f"worst dimension {dim}: p99 step {p99_c[dim]:.3g} vs teacher {p99_t[dim]:.3g}; "
-              f"largest step {sc.max():.3g} (hard maximum {hard.min():.3g})")
+    detail = (
+        f"worst dimension {dim}: p99 step {p99_c[dim]:.3g} vs teacher {p99_t[dim]:.3g}; "
+        f"largest step {sc.max():.3g} (hard maximum {hard.min():.3g})"
+    )
     if over.any():
         detail += f"; {int(over.sum())} steps above the hard maximum"
-    return GateResult.make("S3", "<=", ratio_max, value, int(ok.sum()), PASS if passed else FAIL,
-                           detail, p99_candidate=p99_c.tolist(), p99_teacher=p99_t.tolist(),
-                           hard_max=hard.tolist(), steps_over_hard_max=int(over.sum()))
+    return GateResult.make(
+        "S3",
+        "<=",
+        ratio_max,
+        value,
+        int(ok.sum()),
+        PASS if passed else FAIL,
+        detail,
+        p99_candidate=p99_c.tolist(),
+        p99_teacher=p99_t.tolist(),
+        hard_max=hard.tolist(),
+        steps_over_hard_max=int(over.sum()),
+    )

@@ -117,11 +117,7 @@ def save_gate_run(
         store, candidate_manifest, "candidate", actor=run["actor"], reason="gate run"
     )
     with store.session() as s:
-        s.add(
-            GateRun(
-                candidate_digest=version.digest, candidate_version=version.version, **run
-            )
-        )
+        s.add(GateRun(candidate_digest=version.digest, candidate_version=version.version, **run))
         s.flush()
         s.add_all(GateResult(run_id=run["id"], **row) for row in results)
     return run["id"]
@@ -129,7 +125,9 @@ def save_gate_run(
 
 def _results(s, run_id: str) -> list[StoredResult]:
     rows = s.scalars(select(GateResult).where(GateResult.run_id == run_id))
-    out = [StoredResult(**{f: getattr(r, f) for f in StoredResult.__dataclass_fields__}) for r in rows]
+    out = [
+        StoredResult(**{f: getattr(r, f) for f in StoredResult.__dataclass_fields__}) for r in rows
+    ]
     return sorted(out, key=lambda r: (r.kind != "safety", r.gate))
 
 

@@ -61,9 +61,7 @@ def upgrade() -> None:
         sa.Column("evidence", sa.Integer(), nullable=False),
         sa.Column("verdict", sa.String(16), nullable=False),
         sa.Column("detail", sa.Text(), nullable=False),
-        sa.CheckConstraint(
-            "kind IN ('safety', 'performance')", name=op.f("ck_gate_results_kind")
-        ),
+        sa.CheckConstraint("kind IN ('safety', 'performance')", name=op.f("ck_gate_results_kind")),
         sa.CheckConstraint(
             "verdict IN ('pass', 'fail', 'not_evaluated')", name=op.f("ck_gate_results_verdict")
         ),
