@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from datetime import UTC, datetime
 
 import pytest
 from alembic import command
@@ -197,12 +198,22 @@ def test_a_0001_store_with_data_is_upgraded_to_0002(store_url):
         command.downgrade(schema.alembic_config(conn), "0001")
         conn.commit()
         assert "gate_runs" not in inspect(conn).get_table_names()
-    register_version(st, manifest("old"), "active", actor="t")
+    old = manifest("old")  # a row as 0001 knows it (Core insert: only 0001's columns)
+    row = {
+        "digest": old["digest"],
+        "version": old["digest"][7:19],
+        "parent_digest": None,
+        "manifest": old,
+        "state": "active",
+        "created_at": datetime.now(UTC),
+    }
+    with st.session() as s:
+        st.insert_ignore(s, ModelVersion, [row])
     st.close()
     st = Store.open(store_url)
     try:
         with st.engine.connect() as conn:
-            assert schema.current_revision(conn) == "0002"
+            assert schema.current_revision(conn) == schema.head_revision()
             assert {"gate_runs", "gate_results", "gate_overrides"} <= set(
                 inspect(conn).get_table_names()
             )
