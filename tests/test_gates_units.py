@@ -142,7 +142,7 @@ def _smooth(n: int, k: int, h: int = 8, a: int = 2, seed: int = 0) -> np.ndarray
 
 
 def test_s3_catches_a_single_step_above_the_hard_maximum_that_p99_would_hide():
-    cfg = load_config()
+    cfg = load_config().replace("motion_smoothness", floor_fraction=0.01)
     teacher = _smooth(20, 8)
     cand = teacher.copy()
     cand[3, 2, 4, 1] += 1.9  # one jump in 20 * 8 * 7 steps: far below the 99th percentile
@@ -196,3 +196,36 @@ def test_p3_scores_a_mode_collapsed_candidate_and_needs_enough_observations():
         cfg.evidence,
     )
     assert few.verdict == "not_evaluated" and "min_observations" in few.detail
+
+
+def test_the_table_prints_details_verbatim_and_says_why_it_may_not_ship():
+    from rich.console import Console
+
+    from reflex_serve.gates.report import render
+
+    results = [GateResult.make(g.id, "<=", 1, 0, 1, "pass") for g in GATES]
+    results[3] = GateResult.make(
+        "P1",
+        ">=",
+        0.9,
+        0.84,
+        20,
+        "not_evaluated",
+        "20 episodes cannot show it; raise [sim] episodes",
+    )
+    rep = GateReport(
+        "r1",
+        {"version": "c", "num_steps": 1},
+        {"version": "t", "num_steps": 10},
+        "2026-11-30T10:00:00+00:00",
+        "",
+        {"replay_source": "store [x]"},
+        {},
+        results,
+        actor="ci",
+    )
+    console = Console(record=True, width=220)
+    render(rep, console)
+    text = console.export_text()
+    assert "raise [sim] episodes" in text and "store [x]" in text
+    assert "not evaluated" in text and "MAY NOT SHIP: blocked by P1 task_success" in text

@@ -25,7 +25,9 @@ def fmt_number(x: float | None, gate: str = "") -> str:
 def verdict_text(r: GateResult) -> str:
     """The verdict cell: ``pass``, ``FAIL``, ``not evaluated``, or ``overridden``."""
     if r.overridden is not None and r.verdict != PASS:
-        return f"[magenta]overridden[/] ({r.overridden['operator']})"
+        from rich.markup import escape
+
+        return f"[magenta]overridden[/] ({escape(r.overridden['operator'])})"
     return {
         PASS: "[green]pass[/]",
         FAIL: "[bold red]FAIL[/]",
@@ -36,6 +38,7 @@ def verdict_text(r: GateResult) -> str:
 def render(report: GateReport, console=None) -> None:
     """Print the table, the evidence, the overrides and the ship verdict."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(width=max(160, Console().width))
@@ -56,23 +59,24 @@ def render(report: GateReport, console=None) -> None:
             fmt_number(r.value, r.gate),
             str(r.evidence),
             verdict_text(r),
-            r.detail,
+            escape(r.detail),
         )
     console.print(table)
     ev = report.evidence
     console.print(
-        f"evidence: {ev.get('replay_source')}; probes: "
+        f"evidence: {escape(str(ev.get('replay_source')))}; probes: "
         f"{', '.join(ev.get('probes', [])) or 'none'}; {ev.get('samples')} draws per "
-        f"observation; run {report.run_id} by {report.actor or 'unknown'}, "
+        f"observation; run {report.run_id} by {escape(report.actor or 'unknown')}, "
         f"{report.started_at}"
     )
     for note in ev.get("replay_notes", []):
-        console.print(f"  note: {note}")
+        console.print(f"  note: {escape(note)}")
     for o in report.overrides:
         status = "[magenta]accepted[/]" if o["status"] == "accepted" else "[red]refused[/]"
         why = f" ({o['refusal']})" if o.get("refusal") else ""
         console.print(
-            f"override {o['gate']} {status} by {o['operator']} at {o['at']}: {o['reason']}{why}"
+            f"override {o['gate']} {status} by {escape(o['operator'])} at {o['at']}: "
+            f"{escape(o['reason'] + why)}"
         )
     if report.may_ship:
         extra = " (with overrides)" if any(r.overridden for r in report.results) else ""
