@@ -14,6 +14,12 @@ Tables (see docs/data-format.md for every column)::
     gate_runs            one evaluation of a candidate version against a reference (0002)
     gate_results         the nine gate outcomes of a run (0002)
     gate_overrides       operator overrides of performance gates, accepted or refused (0002)
+    router_slots         what every replica serves: the active version, the shadow and the
+                         canary with their traffic fractions, a revision counter (0003)
+    swaps                promotes and rollbacks: who, why, load / warm-up figures, the
+                         post-swap monitor's verdict, a rollback's signal and figures (0003)
+    shadow_comparisons   mirrored requests: a candidate's chunk against the serving
+                         version's on the same observation and noise (0003)
 
 Arrays are stored as raw little-endian float32 bytes (``state``: (state_dim,),
 ``actions``: (chunk_size, action_dim)) next to their dimensions; times are UTC.
@@ -45,6 +51,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 SOURCES = ("demo", "served")
 OUTCOMES = ("success", "failure")
 LIFECYCLE_STATES = ("candidate", "shadow", "canary", "active", "retired", "rolled_back")
+ROUTER_SLOTS = ("active", "shadow", "canary")
+SWAP_KINDS = ("promote", "rollback")
+SWAP_STATUSES = ("failed", "monitoring", "kept", "rolled_back", "superseded", "done")
+COMPARISON_MODES = ("shadow", "monitor")
 GATE_KINDS = ("safety", "performance")
 GATE_VERDICTS = ("pass", "fail", "not_evaluated")
 OVERRIDE_STATUSES = ("accepted", "refused")
@@ -199,6 +209,7 @@ class ModelVersion(Base):
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    location: Mapped[str | None] = mapped_column(Text)
 
 
 class VersionTransition(Base):
@@ -291,3 +302,85 @@ class GateOverride(Base):
     status: Mapped[str] = mapped_column(String(16))
     refusal: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RouterSlot(Base):
+    """One routing slot shared by every replica: ``active``, ``shadow`` or ``canary``.
+
+    ``revision`` is bumped on every change (the replicas poll the largest one);
+    ``fraction`` is the share of requests (shadow) or episodes (canary) sent to the
+    slot's version, 1.0 for ``active``.
+    """
+
+    __tablename__ = "router_slots"
+    __table_args__ = (CheckConstraint(_in("slot", ROUTER_SLOTS), name="slot"),)
+
+    slot: Mapped[str] = mapped_column(String(16), primary_key=True)
+    digest: Mapped[str | None] = mapped_column(
+        String(80), ForeignKey("model_versions.digest", ondelete="SET NULL")
+    )
+    fraction: Mapped[float] = mapped_column(Float)
+    revision: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class Swap(Base):
+    """A promote (``to`` replaces ``from`` as the active version) or a rollback.
+
+    ``status``: ``failed`` (load, warm-up or check failed: ``stage`` and ``error`` say
+    where; the old version kept serving), ``monitoring`` (inside the post-swap window),
+    ``kept`` (the window ended without a breach), ``rolled_back`` (see the rollback row),
+    ``superseded`` (another promote came first), ``done`` (a rollback row).
+    """
+
+    __tablename__ = "swaps"
+    __table_args__ = (
+        CheckConstraint(_in("kind", SWAP_KINDS), name="kind"),
+        CheckConstraint(_in("status", SWAP_STATUSES), name="status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    from_digest: Mapped[str | None] = mapped_column(String(80))
+    to_digest: Mapped[str] = mapped_column(String(80), index=True)
+    from_version: Mapped[str | None] = mapped_column(String(16))
+    to_version: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    stage: Mapped[str | None] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    signal: Mapped[str | None] = mapped_column(String(32))
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON)
+    replica: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    monitor_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ShadowComparison(Base):
+    """One mirrored request: ``candidate`` and ``reference`` on the same observation and
+    noise. ``divergence``: RMS of the chunk difference in units of the reference's
+    action standard deviation; ``mode``: ``shadow`` (a shadow candidate against the
+    active version) or ``monitor`` (the new active version against the previous one)."""
+
+    __tablename__ = "shadow_comparisons"
+    __table_args__ = (
+        CheckConstraint(_in("mode", COMPARISON_MODES), name="mode"),
+        Index("ix_shadow_comparisons_candidate_version_at", "candidate_version", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    mode: Mapped[str] = mapped_column(String(16))
+    candidate_version: Mapped[str] = mapped_column(String(16))
+    reference_version: Mapped[str] = mapped_column(String(16))
+    request_id: Mapped[str] = mapped_column(String(MAX_REQUEST_ID))
+    episode_id: Mapped[str | None] = mapped_column(String(MAX_EPISODE_ID))
+    divergence: Mapped[float] = mapped_column(Float)
+    max_abs_diff: Mapped[float] = mapped_column(Float)
+    candidate_ms: Mapped[float] = mapped_column(Float)
+    reference_ms: Mapped[float] = mapped_column(Float)
+    shared_prefix: Mapped[bool] = mapped_column(Boolean)

@@ -32,11 +32,13 @@ def register_version(
     *,
     actor: str,
     reason: str = "",
+    location: str | None = None,
 ) -> ModelVersion:
     """Record an export (by ``manifest["digest"]``) if it is new; return its row.
 
     A new version gets ``state`` and a transition ``None -> state``; a known one is
-    returned unchanged (its state is the lifecycle's business, not the caller's).
+    returned unchanged (its state is the lifecycle's business, not the caller's), except
+    that a given ``location`` (where its export directory is) replaces the recorded one.
 
     Raises:
         ValueError: unknown state, or a manifest without a digest.
@@ -53,6 +55,7 @@ def register_version(
         "manifest": manifest,
         "state": state,
         "created_at": now,
+        "location": location,
     }
     with store.session() as s:
         if s.get(ModelVersion, digest) is None and store.insert_ignore(s, ModelVersion, [row]):
@@ -66,7 +69,10 @@ def register_version(
                     reason=reason,
                 )
             )
-        return s.get(ModelVersion, digest)
+        version = s.get(ModelVersion, digest)
+        if location is not None and version.location != location:
+            version.location = location
+        return version
 
 
 def set_version_state(
