@@ -1,4 +1,4 @@
-"""API-key authentication.
+"""API-key authentication: the /act key and, apart from it, the admin key.
 
 Accepted header forms: ``Authorization: Bearer <key>`` and openpi's
 ``Authorization: Api-Key <key>`` (what ``openpi_client.WebsocketClientPolicy(api_key=...)``
@@ -55,3 +55,19 @@ async def require_api_key(
     raise ApiError(
         401, "missing or invalid API key", headers={"WWW-Authenticate": 'Bearer realm="reflex"'}
     )
+
+
+async def require_admin_key(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
+) -> None:
+    """FastAPI dependency of ``/admin/...``: 403 when the server has no admin key, 401
+    unless the request carries it (the /act key does not open the admin API)."""
+    expected = get_state(request).settings.admin_key
+    if expected is None:
+        raise ApiError(403, "the admin API is disabled: start the server with --admin-key")
+    if not authorized(expected, request.headers.get("authorization")):
+        raise ApiError(
+            401, "missing or invalid admin key",
+            headers={"WWW-Authenticate": 'Bearer realm="reflex-admin"'},
+        )

@@ -7,9 +7,11 @@
 humans, ``field`` names the offending request field in dotted form (``"state"``,
 ``"images.corner2"``, ``"num_steps"``) or is null when the error is not about one field.
 
-Status codes: 400 malformed body, 401 missing/wrong API key, 404/405 routing, 413 body
-over the limit, 415 unsupported Content-Type, 422 a field is missing or invalid, 503 not
-ready, 500 a server fault (never a client mistake).
+Status codes: 400 malformed body, 401 missing/wrong API key, 403 the admin API is
+disabled, 404/405 routing or an unknown model version, 409 refused by the version
+lifecycle or the gates, 413 body over the limit, 415 unsupported Content-Type, 422 a
+field is missing or invalid (or a candidate failed to load), 503 not ready, 500 a server
+fault (never a client mistake).
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ class ErrorCode(str, Enum):
 
     MALFORMED_BODY = "malformed_body"  # 400: not valid JSON / msgpack, or not an object
     UNAUTHORIZED = "unauthorized"  # 401
+    FORBIDDEN = "forbidden"  # 403: the admin API is disabled
     NOT_FOUND = "not_found"  # 404
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
+    CONFLICT = "conflict"  # 409: the version lifecycle refuses (already active, busy...)
+    GATES_NOT_PASSED = "gates_not_passed"  # 409: the gates do not let the version ship
+    LOAD_FAILED = "load_failed"  # 422: a version failed its check, load or warm-up
     PAYLOAD_TOO_LARGE = "payload_too_large"  # 413
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415
     MISSING_FIELD = "missing_field"  # 422: a required field or camera is absent
@@ -66,8 +72,10 @@ class ErrorResponse(BaseModel):
 _STATUS_CODES = {
     400: ErrorCode.MALFORMED_BODY,
     401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
+    409: ErrorCode.CONFLICT,
     413: ErrorCode.PAYLOAD_TOO_LARGE,
     415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
     422: ErrorCode.INVALID_FIELD,
@@ -130,11 +138,16 @@ class ApiError(Exception):
 _DESCRIPTIONS = {
     400: "Body is not valid JSON / msgpack, or not an object (`malformed_body`).",
     401: "Missing or wrong API key (`unauthorized`).",
+    403: "The admin API is disabled: no --admin-key (`forbidden`).",
+    404: "Not found: an unknown model version (`not_found`).",
+    409: "Refused: already active, another swap running, or the gates do not let the "
+    "version ship (`conflict`, `gates_not_passed`).",
     413: "Body larger than the server's limit (`payload_too_large`).",
     415: "Content-Type is neither application/json nor application/msgpack "
     "(`unsupported_media_type`).",
     422: "A field is missing, unknown or invalid; `field` names it "
-    "(`missing_field`, `unknown_field`, `invalid_field`).",
+    "(`missing_field`, `unknown_field`, `invalid_field`), or a version failed its "
+    "check, load or warm-up (`load_failed`).",
     500: "A server fault, never a client mistake (`internal_error`).",
     503: "Not ready (`not_ready`).",
 }

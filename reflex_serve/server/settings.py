@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MIB = 1 << 20
 MAX_NUM_STEPS = 100
@@ -48,6 +48,9 @@ class ServerSettings(BaseModel):
         act_workers: threads that run decoding + ``policy.act``; more than the number
             of cores only adds contention.
         websocket_keys: the openpi key mapping.
+        admin_key: the key of the admin API (``/admin/...``, the versioning router);
+            without it the admin API answers 403. It must differ from ``api_key``: a
+            robot controller can act, not promote.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -58,10 +61,17 @@ class ServerSettings(BaseModel):
     warmup_iters: int = Field(default=3, ge=0)
     act_workers: int = Field(default=2, ge=1)
     websocket_keys: WebsocketKeys = Field(default_factory=WebsocketKeys)
+    admin_key: str | None = None
 
-    @field_validator("api_key")
+    @field_validator("api_key", "admin_key")
     @classmethod
-    def _non_empty_key(cls, value: str | None) -> str | None:
+    def _non_empty_key(cls, value: str | None, info) -> str | None:
         if value is not None and not value.strip():
-            raise ValueError("api_key must be non-empty when set")
+            raise ValueError(f"{info.field_name} must be non-empty when set")
         return value
+
+    @model_validator(mode="after")
+    def _separate_keys(self) -> ServerSettings:
+        if self.admin_key is not None and self.admin_key == self.api_key:
+            raise ValueError("admin_key must differ from api_key (the /act key)")
+        return self

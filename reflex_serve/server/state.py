@@ -3,12 +3,14 @@
 Routers reach it as ``request.app.state.reflex`` (:func:`get_state`). Two seams are here
 for later work:
 
-- :class:`PolicyPicker`: ``pick(connection) -> Policy``. The default serves one policy;
-  a versioning router (shadow / canary / warm-swap) plugs in its own picker.
+- :class:`PolicyPicker`: ``pick(connection, episode_id) -> Policy``. The default serves
+  one policy; the versioning router (:mod:`reflex_serve.router`) plugs in its own.
 - ``hooks``: callables given an :class:`ActRecord` after each served chunk, off the
   response path (a data collector enqueues it for its writer thread). They run on the
   event loop, after the response has been sent: a hook must be O(1) and never block
   (no I/O, no encoding). A hook that raises is logged and ignored.
+- ``error_hooks``: callables given ``(status, version)`` for each failed call (the version
+  is None when no policy was picked), under the same rules.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ T = TypeVar("T")
 class PolicyPicker(Protocol):
     """Chooses the policy that answers a request."""
 
-    def pick(self, connection: HTTPConnection) -> Policy:
-        """The policy for this HTTP request or websocket connection."""
+    def pick(self, connection: HTTPConnection, episode_id: str | None = None) -> Policy:
+        """The policy for this request (``episode_id``: the controller's, if it sent one;
+        a canary is chosen per episode)."""
 
     def policies(self) -> Sequence[Policy]:
         """Every policy currently served (for warm-up, /health and /metrics)."""
@@ -53,7 +56,7 @@ class SinglePolicy:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
 
-    def pick(self, connection: HTTPConnection) -> Policy:
+    def pick(self, connection: HTTPConnection, episode_id: str | None = None) -> Policy:
         return self.policy
 
     def policies(self) -> Sequence[Policy]:
@@ -86,26 +89,45 @@ class ActRecord:
 
 
 ActHook = Callable[[ActRecord], None]
+ErrorHook = Callable[[int, "str | None"], None]
 
 
 class ServingState:
     """Everything the routers share. Built by ``create_app``; one per app."""
 
     def __init__(
-        self, picker: PolicyPicker, settings: ServerSettings, hooks: Sequence[ActHook] = ()
+        self,
+        picker: PolicyPicker,
+        settings: ServerSettings,
+        hooks: Sequence[ActHook] = (),
+        error_hooks: Sequence[ErrorHook] = (),
     ) -> None:
         self.picker = picker
         self.settings = settings
         self.hooks: list[ActHook] = list(hooks)
+        self.error_hooks: list[ErrorHook] = list(error_hooks)
         self._ready = threading.Event()
         self.metrics = ServerMetrics(picker.policies, self._ready.is_set)
         self._executor: ThreadPoolExecutor | None = None
 
     # -- policy selection and calls -------------------------------------------------------
 
-    def pick(self, connection: HTTPConnection) -> Policy:
-        """The policy that answers ``connection`` (see :class:`PolicyPicker`)."""
-        return self.picker.pick(connection)
+    def pick(self, connection: HTTPConnection, episode_id: object = None) -> Policy:
+        """The policy that answers ``connection`` (see :class:`PolicyPicker`); a
+        non-string ``episode_id`` (the body is not validated yet) counts as none."""
+        if not isinstance(episode_id, str):
+            plain_int = isinstance(episode_id, int) and not isinstance(episode_id, bool)
+            episode_id = str(episode_id) if plain_int else None
+        return self.picker.pick(connection, episode_id)
+
+    def observe_error(self, status: int, transport: str, version: str | None = None) -> None:
+        """Count a failed call in the metrics and tell the error hooks."""
+        self.metrics.observe_error(status, transport, version)
+        for hook in self.error_hooks:
+            try:
+                hook(status, version)
+            except Exception:
+                log.exception("error hook %r failed", hook)
 
     def act(self, policy: Policy, obs: Observation, params: ActParams) -> ActResult:
         """Call ``policy.act`` with the request's options (blocking; run in a worker).

@@ -119,15 +119,21 @@ def encode_response(
 
 def _serve(
     state: ServingState,
-    policy: Policy,
+    request: Request,
+    picked: list[Policy],
     body: bytes,
     msgpack_in: bool,
     msgpack_out: bool,
     request_id: str,
     received: float,
 ) -> tuple[Observation, ActParams, ActResult, bytes, float]:
-    """Worker side of /act: decode, act, encode (blocking)."""
-    obs, params = parse_act_body(decode_body(body, msgpack_in), policy.manifest)
+    """Worker side of /act: decode, pick the version (a canary goes by the body's
+    ``episode_id``), act, encode (blocking). The picked policy is appended to ``picked``
+    so that a failure is counted against the version that took the request."""
+    message = decode_body(body, msgpack_in)
+    policy = state.pick(request, message.get("episode_id") if isinstance(message, dict) else None)
+    picked.append(policy)
+    obs, params = parse_act_body(message, policy.manifest)
     result = state.act(policy, obs, params)
     server_ms = (time.perf_counter() - received) * 1e3
     payload = encode_response(
@@ -187,7 +193,7 @@ async def act(request: Request) -> Response:
     content_type = _media_type(request.headers.get("content-type"))
     msgpack_in = codec.is_msgpack(content_type)
     transport = http_transport(content_type)
-    policy = None
+    picked: list[Policy] = []
     try:
         if not msgpack_in and content_type not in ("", JSON):
             raise ApiError(
@@ -195,18 +201,17 @@ async def act(request: Request) -> Response:
                 f"unsupported Content-Type {content_type!r}; send {JSON} or {codec.CONTENT_TYPE}",
             )
         body = await read_body(request, state.settings.max_body_bytes)
-        policy = state.pick(request)
         request_id = _request_id(request)
         msgpack_out = wants_msgpack(request, msgpack_in)
         obs, params, result, payload, server_ms = await state.run(
-            _serve, state, policy, body, msgpack_in, msgpack_out, request_id, received
+            _serve, state, request, picked, body, msgpack_in, msgpack_out, request_id, received
         )
     except ApiError as exc:
-        state.metrics.observe_error(exc.status, transport, policy.version if policy else None)
+        state.observe_error(exc.status, transport, picked[0].version if picked else None)
         return exc.response()
     except Exception:
         log.exception("/act failed")
-        state.metrics.observe_error(500, transport, policy.version if policy else None)
+        state.observe_error(500, transport, picked[0].version if picked else None)
         return ApiError(500, "internal server error", code=ErrorCode.INTERNAL_ERROR).response()
     state.metrics.observe_success(result, transport, server_ms / 1e3)
     response = Response(

@@ -61,13 +61,21 @@ def metadata(state: ServingState, policy: Policy) -> dict:
 
 
 def _serve(
-    state: ServingState, policy: Policy, frame: bytes, received: float, prev_total_ms: float | None
+    state: ServingState,
+    websocket: WebSocket,
+    picked: list[Policy],
+    frame: bytes,
+    received: float,
+    prev_total_ms: float | None,
 ) -> tuple[Observation, ActParams, ActResult, bytes, float]:
-    """Worker side of one websocket request: decode, act, encode (blocking)."""
+    """Worker side of one websocket request: decode, pick the version (a canary goes by
+    the message's ``episode_id``), act, encode (blocking)."""
     try:
         msg = codec.unpackb(frame)
     except codec.CodecError as exc:
         raise ApiError(400, f"malformed msgpack frame: {exc}") from None
+    policy = state.pick(websocket, msg.get("episode_id") if isinstance(msg, dict) else None)
+    picked.append(policy)
     obs, params = parse_openpi_message(msg, policy.manifest, state.settings.websocket_keys)
     result = state.act(policy, obs, params)
     infer_ms = (time.perf_counter() - received) * 1e3
@@ -131,7 +139,7 @@ async def openpi_websocket(websocket: WebSocket) -> None:
                 break
             received, received_at = time.perf_counter(), time.time()
             frame = message.get("bytes")
-            policy = state.pick(websocket)
+            picked: list[Policy] = []
             try:
                 if frame is None:
                     raise ApiError(400, "expected a binary msgpack frame, got text")
@@ -140,10 +148,10 @@ async def openpi_websocket(websocket: WebSocket) -> None:
                         413, f"frame exceeds the {state.settings.max_body_bytes}-byte limit"
                     )
                 obs, params, result, payload, infer_ms = await state.run(
-                    _serve, state, policy, frame, received, prev_total_ms
+                    _serve, state, websocket, picked, frame, received, prev_total_ms
                 )
             except ApiError as exc:
-                state.metrics.observe_error(exc.status, TRANSPORT, policy.version)
+                state.observe_error(exc.status, TRANSPORT, picked[0].version if picked else None)
                 await websocket.send_text(f"{exc.status} {exc.code.value}: {exc.message}")
                 continue
             await websocket.send_bytes(payload)
@@ -165,7 +173,7 @@ async def openpi_websocket(websocket: WebSocket) -> None:
         pass
     except Exception as exc:
         log.exception("websocket request failed")
-        state.metrics.observe_error(500, TRANSPORT)
+        state.observe_error(500, TRANSPORT)
         await _report_fault(websocket, exc)
     finally:
         state.metrics.websockets.dec()
