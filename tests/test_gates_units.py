@@ -145,9 +145,9 @@ def test_s3_catches_a_single_step_above_the_hard_maximum_that_p99_would_hide():
     cfg = load_config().replace("motion_smoothness", floor_fraction=0.01)
     teacher = _smooth(20, 8)
     cand = teacher.copy()
-    cand[3, 2, 4, 1] += 1.9  # one jump in 20 * 8 * 7 steps: far below the 99th percentile
+    cand[3, 2, 4, 1] += 1.7  # one jump in 20 * 8 * 7 steps: far below the 99th percentile
     draws = Draws([f"replay:{i}" for i in range(20)], 20, 8, cand, teacher)
-    limits = safety.Limits(np.full(2, -1.0), np.full(2, 1.0), "test")
+    limits = safety.explicit_limits({"low": [-1, -1], "high": [1, 1], "max_step": 1.5}, 2)
     r = safety.motion_smoothness(draws, limits, cfg.motion_smoothness)
     assert r.value < cfg.motion_smoothness.max_p99_ratio  # the p99 alone would pass
     assert r.verdict == "fail" and r.data["steps_over_hard_max"] == 2  # up and back down
@@ -155,6 +155,10 @@ def test_s3_catches_a_single_step_above_the_hard_maximum_that_p99_would_hide():
         Draws(draws.labels, 20, 8, teacher, teacher), limits, cfg.motion_smoothness
     )
     assert same.verdict == "pass" and same.value == pytest.approx(1.0)
+    # without the manifest's max_step the hard maximum is the whole width (2.0) by default
+    derived = safety.Limits(limits.low, limits.high, "test")
+    r = safety.motion_smoothness(draws, derived, cfg.motion_smoothness)
+    assert r.verdict == "pass" and r.data["hard_max"] == [2.0, 2.0]
 
 
 def test_s2_counts_values_outside_explicit_or_derived_limits():

@@ -6,7 +6,8 @@ the same noise, in action units.
 
 - S1 finite: no NaN or Inf anywhere in the candidate's chunks.
 - S2 action_limits: every finite candidate action value inside the limits: the
-  manifest's ``action_limits`` (``{"low": [...], "high": [...]}``, the reference's, else
+  manifest's ``action_limits`` (``{"low": [...], "high": [...]}``, optionally with
+  ``"max_step"``: the embodiment's largest change per step; the reference's, else
   the candidate's), else the teacher's range (its data's min and max from
   ``stats.json`` and its own chunks on the same observations) widened by ``margin`` x
   its width on each side. Zero violations.
@@ -14,7 +15,7 @@ the same noise, in action units.
   |a[h+1] - a[h]| inside chunks at most ``max_p99_ratio`` x the teacher's on the same
   draws (the teacher's floored at ``floor_fraction`` x the limits' width, so a perfectly
   flat teacher does not turn tiny changes into large ratios), and no single step above
-  ``max_step_fraction`` x the width (the hard maximum).
+  the hard maximum: the manifest's ``max_step``, else ``max_step_fraction`` x the width.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from .results import FAIL, PASS, GateResult, not_evaluated
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-dimension action limits (A,) and where they came from."""
+    """Per-dimension action limits (A,), where they came from, and the embodiment's
+    largest step per control step (A,) when the manifest gives one."""
 
     low: np.ndarray
     high: np.ndarray
     source: str
+    max_step: np.ndarray | None = None
 
     @property
     def width(self) -> np.ndarray:
@@ -58,7 +61,12 @@ def explicit_limits(manifest_limits: dict | None, action_dim: int) -> Limits | N
         raise ValueError(f"manifest action_limits must have {action_dim} values each")
     if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low <= high)):
         raise ValueError("manifest action_limits must be finite with low <= high")
-    return Limits(low, high, "manifest action_limits")
+    step = manifest_limits.get("max_step")
+    if step is not None:
+        step = np.broadcast_to(np.asarray(step, np.float64), (action_dim,)).copy()
+        if not (np.all(np.isfinite(step)) and np.all(step > 0)):
+            raise ValueError("manifest action_limits max_step must be positive")
+    return Limits(low, high, "manifest action_limits", step)
 
 
 def derived_limits(
@@ -169,7 +177,7 @@ def motion_smoothness(draws: Draws, limits: Limits, cfg: MotionSmoothnessConfig)
     p99_c, p99_t = np.percentile(sc, 99, axis=0), np.percentile(st, 99, axis=0)
     width = np.maximum(limits.width, 1e-9)
     ratios = p99_c / np.maximum(p99_t, cfg.floor_fraction * width)
-    hard = cfg.max_step_fraction * width
+    hard = limits.max_step if limits.max_step is not None else cfg.max_step_fraction * width
     over = sc > hard
     value = float(ratios.max())
     passed = value <= ratio_max and not over.any()
