@@ -9,9 +9,9 @@ Routes (one router per concern, in :mod:`reflex_serve.server.routes`):
     WS   /  and  /ws     the openpi websocket protocol                    [API key]
     GET  /openapi.json   the contract: request, response and error models
     POST /v1/episodes/{episode_id}/outcome   with data collection only       [API key]
+    /admin/...           the versioning router's admin API, with a router   [admin key]
 
-Later routers (admin API, version management) are added with ``app.include_router``;
-they find everything through :func:`reflex_serve.server.state.get_state`.
+Routers find everything through :func:`reflex_serve.server.state.get_state`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from reflex_serve.server.auth import require_api_key
+from reflex_serve.server.auth import require_admin_key, require_api_key
 from reflex_serve.server.errors import install_error_handlers
 from reflex_serve.server.routes import act, health, metrics, websocket
 from reflex_serve.server.schemas import ActRequest
@@ -34,6 +34,7 @@ from reflex_serve.server.settings import ServerSettings
 from reflex_serve.server.state import ActHook, PolicyPicker, ServingState, SinglePolicy
 
 if TYPE_CHECKING:
+    from reflex_serve.router.promote import Controller
     from reflex_serve.runtime.policy import Policy
     from reflex_serve.storage.collector import DataCollector
 
@@ -47,6 +48,7 @@ def create_app(
     picker: PolicyPicker | None = None,
     hooks: Sequence[ActHook] = (),
     collector: DataCollector | None = None,
+    router: Controller | None = None,
 ) -> FastAPI:
     """Build the serving app for one policy (or for a custom ``picker``).
 
@@ -57,34 +59,48 @@ def create_app(
             ``policy``.
         hooks: called with an :class:`~reflex_serve.server.state.ActRecord` after each
             served chunk, off the response path (data collection).
+        collector: log every served call into a store (``--collect-data``).
+        router: the versioning router (:func:`reflex_serve.router.open_router`): it
+            picks the version of each request, and the admin API is mounted.
 
     On startup the app warms the served policies in a background thread
     (``settings.warmup_iters`` calls each) and ``/health`` answers 503 until that is done;
     ``/act`` serves meanwhile. The state is at ``app.state.reflex``.
     """
     settings = settings or ServerSettings()
+    error_hooks = []
+    if router is not None:
+        picker = router.router
+        hooks = [*hooks, router.router.on_served]
+        error_hooks.append(router.router.on_error)
     if picker is None:
         if policy is None:
             raise ValueError("create_app needs a policy or a picker")
         picker = SinglePolicy(policy)
     if collector is not None:
         hooks = [*hooks, collector.hook]
-    state = ServingState(picker, settings, hooks)
+    state = ServingState(picker, settings, hooks, error_hooks)
     if collector is not None:
         from reflex_serve.gates.metrics import GateCollector
 
         collector.writer.export_metrics(state.metrics.registry)
         state.metrics.registry.register(GateCollector(collector.store))
+    if router is not None:
+        router.router.metrics.export(state.metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if collector is not None:
             collector.start(picker.policies())
+        if router is not None:
+            router.start()
         warm = asyncio.get_running_loop().run_in_executor(None, state.warm_up)
         try:
             yield
         finally:
             await warm
+            if router is not None:
+                await asyncio.get_running_loop().run_in_executor(None, router.close)
             state.close()
             if collector is not None:
                 await asyncio.get_running_loop().run_in_executor(None, collector.close)
@@ -97,6 +113,7 @@ def create_app(
     )
     app.state.reflex = state
     app.state.collector = collector
+    app.state.router = router
     install_error_handlers(app)
     auth = [Depends(require_api_key)] if settings.api_key else []
     app.include_router(act.router, dependencies=auth)
@@ -107,6 +124,10 @@ def create_app(
         from reflex_serve.server.routes import episodes
 
         app.include_router(episodes.router, dependencies=auth)
+    if router is not None:
+        from reflex_serve.server.routes import admin
+
+        app.include_router(admin.router, dependencies=[Depends(require_admin_key)])
     _document_request_models(app)
     return app
 

@@ -1,0 +1,431 @@
+"""Promote, roll back, shadow and canary: each decision in process and in the store.
+
+    prepare   check the candidate fits the active version's interface (cameras, state,
+              action and chunk sizes), load its sessions beside the old ones (sharing the
+              prefix cache), warm them on synthetic and on logged observations, and check
+              every warm-up chunk (shape, finite)
+    promote   gates (may_ship) -> prepare -> record (slots, lifecycle, swap row: ONE
+              transaction, refused if the active version changed meanwhile) -> switch the
+              active reference -> start the post-swap monitor; the old version stays
+              loaded for the window
+    rollback  switch back to the previous version at once, then record it (by the
+              monitor on a breach, with the signal and figures, or by an operator)
+    keep      the window ended without a breach: unload the previous version
+
+A failure at any stage before the switch leaves the old version serving and is
+recorded as a ``failed`` swap with its stage and error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
+
+from reflex_serve.router.errors import RouterError, StageError
+from reflex_serve.router.monitor import Breach, Monitor
+from reflex_serve.router.registry import Registry, VersionInfo
+from reflex_serve.router.stats import action_limits
+from reflex_serve.router.sync import Background
+from reflex_serve.storage.models import utcnow
+from reflex_serve.storage.routing import RouterChange, apply_change, record_swap
+
+if TYPE_CHECKING:
+    from reflex_serve.router.router import VersionRouter
+    from reflex_serve.runtime.cache import PrefixCache
+    from reflex_serve.runtime.policy import Policy
+    from reflex_serve.storage.store import Store
+
+log = logging.getLogger(__name__)
+INTERFACE = ("state_dim", "action_dim", "chunk_size", "n_action_steps")
+MONITOR_ACTOR = "monitor"
+
+
+def replica_name() -> str:
+    """``host:pid``, recorded with every swap."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def interface_problem(candidate: dict[str, Any], active: Policy) -> str | None:
+    """Why a candidate's manifest cannot take the active version's clients, or None."""
+    m = active.manifest
+    for key in INTERFACE:
+        if candidate.get(key) != getattr(m, key):
+            return f"{key} is {candidate.get(key)}, the active version's is {getattr(m, key)}"
+    cams = [(c["name"], c["height"], c["width"]) for c in candidate.get("cameras", [])]
+    mine = [(c.name, c.height, c.width) for c in m.cameras]
+    if cams != mine:
+        return f"cameras are {cams}, the active version's are {mine}"
+    return None
+
+
+class Controller:
+    """The router's decisions (thread-safe: one swap at a time).
+
+    Args:
+        router: the in-process routes. store: the registry's store.
+        cache: the prefix cache versions share. threads: ONNX Runtime intra-op threads.
+    """
+
+    def __init__(self, router: VersionRouter, store: Store, *, cache: PrefixCache | None = None,
+                 threads: int = 1) -> None:
+        self.router = router
+        self.config = router.config
+        self.store = store
+        self.registry = Registry(store)
+        self.cache = cache
+        self.threads = threads
+        self.replica = replica_name()
+        self.swap_lock = threading.Lock()
+        self.pending: RouterChange | None = None  # a rollback the store has not taken yet
+        self.background = Background(self)
+
+    def start(self) -> None:
+        """Start mirroring, the sync loop and the monitor loop."""
+        self.router.start()
+        self.background.start()
+
+    def close(self) -> None:
+        self.background.close()
+        self.router.close()
+
+    # -- preparing a version ----------------------------------------------------------------
+
+    def load(self, info: VersionInfo) -> Policy:
+        """Load a version's sessions (no warm-up). Raises RouterError (stage load)."""
+        from reflex_serve.runtime.policy import Policy
+
+        if not info.location:
+            raise StageError("check", f"{info.version} has no export location registered")
+        try:
+            return Policy(info.location, intra_op_threads=self.threads, cache=self.cache)
+        except (OSError, ValueError) as exc:  # ExportError is a ValueError
+            raise StageError("load", f"cannot load {info.location}: {exc}") from None
+
+    def prepare(self, info: VersionInfo, active: Policy) -> tuple[Policy, dict[str, Any]]:
+        """Check, load and warm ``info`` beside ``active``; returns it and the figures.
+
+        Raises:
+            StageError: stage check, load or warm.
+        """
+        from reflex_serve.runtime.types import Observation
+        from reflex_serve.storage.routing import recent_observations
+
+        problem = interface_problem(info.manifest, active)
+        if problem:
+            raise StageError("check", f"{info.version} cannot serve the active version's "
+                              f"clients: {problem}")
+        t0 = time.perf_counter()
+        policy = self.load(info)
+        t1 = time.perf_counter()
+        if policy.version != info.version:
+            raise StageError("check", f"{info.location} now holds {policy.version}, "
+                              f"not {info.version}")
+        promote = self.config.promote
+        try:
+            logged = recent_observations(self.store, active.version, promote.logged_observations)
+        except (SQLAlchemyError, ValueError) as exc:
+            log.warning("no logged observations for warm-up: %s", exc)
+            logged = []
+        m = policy.manifest
+        blank = {c.name: np.zeros((c.height, c.width, 3), np.uint8) for c in m.cameras}
+        synthetic = Observation(blank, policy.stats.state.mean.copy(), "warm up")
+        calls = [("synthetic observation", synthetic)] * promote.warmup_iters
+        calls += [(f"logged observation {i}", Observation(*o)) for i, o in enumerate(logged)]
+        times = []
+        try:
+            for i, (what, obs) in enumerate(calls):
+                result = policy.act(obs, seed=i)
+                times.append(result.total_ms)
+                if result.actions.shape != (m.chunk_size, m.action_dim):
+                    raise ValueError(f"{what}: chunk of shape {result.actions.shape}")
+                if not np.all(np.isfinite(result.actions)):
+                    raise ValueError(f"{what}: NaN or Inf in the chunk")
+        except Exception as exc:  # noqa: BLE001 - any failure of the new sessions counts
+            raise StageError("warm", f"warm-up of {info.version} failed: {exc}") from None
+        t2 = time.perf_counter()
+        self.router.metrics.swap_seconds.labels("load").observe(t1 - t0)
+        self.router.metrics.swap_seconds.labels("warm").observe(t2 - t1)
+        figures = {"load_ms": (t1 - t0) * 1e3, "warm_ms": (t2 - t1) * 1e3,
+                   "warm_synthetic": promote.warmup_iters, "warm_logged": len(logged),
+                   "warm_p50_ms": float(np.median(times)) if times else None,
+                   "shared_prefix": policy.prefix_digest == active.prefix_digest}
+        return policy, figures
+
+    # -- swaps ------------------------------------------------------------------------------
+
+    def _swap_row(self, kind: str, status: str, old: Policy | VersionInfo | None,
+                  new: Policy | VersionInfo, actor: str, reason: str, **extra: Any) -> dict:
+        def ids(v):
+            if v is None:
+                return None, None
+            return (v.manifest.digest, v.version) if hasattr(v, "act") else (v.digest, v.version)
+
+        (from_digest, from_version), (to_digest, to_version) = ids(old), ids(new)
+        row = {"id": uuid.uuid4().hex, "kind": kind, "status": status,
+               "from_digest": from_digest, "from_version": from_version,
+               "to_digest": to_digest, "to_version": to_version, "actor": actor,
+               "reason": reason, "replica": self.replica, "started_at": utcnow(),
+               "figures": {}, "stage": None, "error": None, "signal": None,
+               "finished_at": None, "monitor_until": None}
+        row.update(extra)
+        return row
+
+    def fail(self, exc: StageError, info: VersionInfo, active: Policy, actor: str,
+              reason: str, figures: dict | None = None) -> RouterError:
+        """Record a failed promote (the old version keeps serving); the error to raise."""
+        row = self._swap_row("promote", "failed", active, info, actor, reason, stage=exc.stage,
+                             error=str(exc), figures=figures or {}, finished_at=utcnow())
+        try:
+            record_swap(self.store, row)
+        except Exception:
+            log.exception("could not record the failed promote of %s", info.version)
+            row["id"] = None
+        self.router.metrics.failures.labels(exc.stage).inc()
+        self.router.metrics.swaps.labels("promote", "failed").inc()
+        log.warning("promote of %s failed at %s: %s (still serving %s)", info.version,
+                    exc.stage, exc, active.version)
+        status, code = {"gates": (409, "gates_not_passed"), "check": (422, "load_failed"),
+                        "load": (422, "load_failed"), "warm": (422, "load_failed")}.get(
+                            exc.stage, (503, "not_ready"))
+        return RouterError(status, f"{exc} ({active.version} keeps serving)", code=code,
+                           field="version" if exc.stage != "gates" else None,
+                           swap_id=row["id"])
+
+    def _acquire(self, blocking: bool = False) -> None:
+        if not self.swap_lock.acquire(blocking, 60 if blocking else -1):
+            raise RouterError(409, "another swap is in progress; retry when it is done",
+                              code="conflict")
+
+    def promote(self, ident: str, *, actor: str, reason: str = "") -> dict[str, Any]:
+        """Promote a version to active (gates first). Returns the swap record.
+
+        Raises:
+            RouterError: 404 unknown, 409 already active / gates / a concurrent change,
+                422 check, load or warm-up failed (recorded), 503 store unavailable.
+        """
+        self._acquire()
+        try:
+            info = self.registry.resolve(ident)
+            old = self.router.active
+            if info.version == old.version:
+                raise RouterError(409, f"version: {info.version} is already active",
+                                  field="version", code="conflict")
+            decision = self.registry.ship_decision(info)
+            if not decision.may_ship:
+                raise self.fail(StageError("gates", f"{info.version} may not ship: "
+                                             f"{decision.reason}"), info, old, actor, reason)
+            figures: dict[str, Any] = {"gates": decision.to_dict()}
+            new = self.router.find(info.version)
+            if new is None:
+                try:
+                    new, prepared = self.prepare(info, old)
+                except StageError as exc:
+                    raise self.fail(exc, info, old, actor, reason, figures) from None
+                figures.update(prepared)
+            return self._switch_to(new, old, actor, reason, figures)
+        finally:
+            self.swap_lock.release()
+
+    def _switch_to(self, new: Policy, old: Policy, actor: str, reason: str,
+                   figures: dict[str, Any]) -> dict[str, Any]:
+        from reflex_serve.storage.routing import open_swap
+
+        now = utcnow()
+        until = now + timedelta(seconds=self.config.monitor.window_s)
+        baseline = self.router.baseline()
+        figures["baseline"] = baseline.to_dict()
+        row = self._swap_row("promote", "monitoring", old, new, actor, reason,
+                             figures=figures, started_at=now, monitor_until=until)
+        routes = self.router.routes
+        slots = {"active": (new.manifest.digest, 1.0)}
+        for slot in ("shadow", "canary"):
+            held = getattr(routes, slot)
+            if held is not None and held.version == new.version:
+                slots[slot] = (None, 0.0)
+        superseded = open_swap(self.store)
+        change = RouterChange(
+            actor, reason or f"promote {new.version}", slots=slots,
+            states=[(new.manifest.digest, "active"), (old.manifest.digest, "retired")],
+            new_swaps=[row], expect_active=old.manifest.digest,
+            swap_status=[(superseded.id, ("monitoring",), "superseded", None)]
+            if superseded is not None else [])
+        t0 = time.perf_counter()
+        try:
+            revision = apply_change(self.store, change)
+        except SQLAlchemyError as exc:
+            self.router.metrics.failures.labels("store").inc()
+            raise RouterError(503, f"the store is unavailable, nothing changed: {exc}",
+                              code="not_ready") from None
+        if revision is None:
+            raise RouterError(409, "the active version changed meanwhile (another replica?); "
+                              "nothing changed", code="conflict")
+        self.router.switch(new, keep_previous=True)
+        self.router.revision = revision
+        self.router.metrics.swap_seconds.labels("switch").observe(time.perf_counter() - t0)
+        self.router.metrics.swaps.labels("promote", "ok").inc()
+        self.router.start_monitor(self.monitor_for(row["id"], new, old, baseline, now, until))
+        log.info("promoted %s (was %s); monitoring until %s", new.version, old.version, until)
+        return {**row, "started_at": now.isoformat(), "monitor_until": until.isoformat(),
+                "finished_at": None}
+
+    def monitor_for(self, swap_id: str, new: Policy, previous: Policy | None, baseline,
+                    started_at: datetime, until: datetime,
+                    previous_version: str | None = None) -> Monitor:
+        """The monitor of a swap to ``new`` (``previous``: loaded, for mirrored calls)."""
+        from reflex_serve.storage.routing import attributed_outcomes
+
+        def outcomes(version, since, until_, limit, newest_first):
+            rows = attributed_outcomes(self.store, version, since=since, until=until_,
+                                       limit=limit, newest_first=newest_first)
+            return [ok for _, ok in rows]
+
+        limits = action_limits(previous or new, new, self.config.action_limits.margin)
+        return Monitor(swap_id, new.version,
+                       previous.version if previous is not None else previous_version,
+                       baseline, limits, self.config, started_at, until, outcomes,
+                       mirrored=previous is not None, wake=self.router.wake.set)
+
+    def rollback(self, *, actor: str, reason: str = "", to: str | None = None,
+                 breach: Breach | None = None) -> dict[str, Any]:
+        """Make the previous version (or ``to``, a version that was active before) active.
+
+        Raises:
+            RouterError: 404 unknown ``to``, 409 nothing to roll back to / never active,
+                422 it cannot be loaded (recorded), 503 store unavailable.
+        """
+        from reflex_serve.storage.routing import open_swap
+
+        self._acquire(blocking=breach is not None)
+        started = utcnow()
+        try:
+            routes, current = self.router.routes, self.router.active
+            target, figures = self._rollback_target(routes, current, to, actor, reason)
+            if breach is not None and (self.router.monitor is None
+                                       or self.router.monitor.new_version != current.version):
+                raise RouterError(409, "the monitored version is no longer active",
+                                  code="conflict")
+            self.router.switch(target, keep_previous=False)
+            self.router.start_monitor(None)
+            if breach is not None:
+                self.router.metrics.breach_to_rollback.observe(
+                    time.monotonic() - breach.evidence_at)
+                figures.update(breach.figures)
+            signal = breach.signal if breach is not None else "operator"
+            self.router.metrics.rollbacks.labels(signal).inc()
+            self.router.metrics.swaps.labels("rollback", "ok").inc()
+            row = self._swap_row("rollback", "done", current, target, actor, reason,
+                                 signal=signal, figures=figures, started_at=started,
+                                 finished_at=utcnow())
+            opened = open_swap(self.store)
+            change = RouterChange(
+                actor, reason or f"roll back to {target.version}",
+                slots={"active": (target.manifest.digest, 1.0)},
+                states=[(current.manifest.digest, "rolled_back"),
+                        (target.manifest.digest, "active")],
+                new_swaps=[row], expect_active=current.manifest.digest,
+                swap_status=[(opened.id, ("monitoring",), "rolled_back",
+                              {"rollback": row["id"], "signal": signal})]
+                if opened is not None and opened.to_digest == current.manifest.digest else [])
+            self._record(change)
+            log.warning("rolled back %s -> %s (%s): %s", current.version, target.version,
+                        signal, reason)
+            return {**row, "started_at": row["started_at"].isoformat(),
+                    "finished_at": row["finished_at"].isoformat()}
+        finally:
+            self.swap_lock.release()
+
+    def _rollback_target(self, routes, current: Policy, to: str | None, actor: str,
+                         reason: str) -> tuple[Policy, dict[str, Any]]:
+        from reflex_serve.storage.routing import swaps
+
+        if to is None:
+            if routes.previous is not None:
+                return routes.previous, {"previous_loaded": True}
+            last = next((s for s in swaps(self.store, 20, current.manifest.digest)
+                         if s.kind == "promote" and s.to_digest == current.manifest.digest
+                         and s.from_digest), None)
+            if last is None:
+                raise RouterError(409, f"nothing to roll back to: no promote to "
+                                  f"{current.version} is recorded; name a version with `to`",
+                                  code="conflict", field="to")
+            to = last.from_digest
+        info = self.registry.resolve(to, field="to")
+        if info.version == current.version:
+            raise RouterError(409, f"to: {info.version} is already active", field="to",
+                              code="conflict")
+        if not self.registry.was_active(info):
+            raise RouterError(409, f"to: {info.version} was never active; promote it instead "
+                              "(promotion checks its gates)", field="to", code="conflict")
+        loaded = self.router.find(info.version)
+        if loaded is not None:
+            return loaded, {"previous_loaded": True}
+        try:
+            policy, figures = self.prepare(info, current)
+        except StageError as exc:
+            raise self.fail(exc, info, current, actor, reason) from None
+        return policy, {**figures, "previous_loaded": False}
+
+    def _record(self, change: RouterChange) -> None:
+        """Write a change already applied in process; kept pending if the store fails."""
+        try:
+            revision = apply_change(self.store, change)
+        except Exception:
+            log.exception("could not record the rollback; retrying from the sync loop")
+            self.router.metrics.failures.labels("store").inc()
+            self.pending = change
+            return
+        self.pending = None
+        if revision is not None:
+            self.router.revision = revision
+
+    def flush_pending(self) -> bool:
+        """Retry a change the store refused; True when nothing is pending."""
+        change = self.pending
+        if change is None:
+            return True
+        self._record(change)
+        return self.pending is None
+
+    def keep(self, monitor: Monitor) -> None:
+        """The window ended without a breach: record it and unload the previous version."""
+        from reflex_serve.storage.routing import open_swap
+
+        with self.swap_lock:
+            if self.router.monitor is not monitor:
+                return
+            try:
+                opened = open_swap(self.store)
+                if opened is not None and opened.id == monitor.swap_id:
+                    apply_change(self.store, RouterChange(
+                        MONITOR_ACTOR, "monitoring window ended without a breach",
+                        swap_status=[(opened.id, ("monitoring",), "kept",
+                                      {"monitor": monitor.status()})]))
+            except Exception:
+                log.exception("could not record the end of the monitoring window")
+                return
+            self.router.start_monitor(None)
+            self.router.drop_previous()
+            log.info("%s kept after its monitoring window", monitor.new_version)
+
+    def set_traffic(self, slot: str, ident: str, fraction: float, *, actor: str,
+                    reason: str = "") -> dict[str, Any]:
+        """Shadow or canary traffic for a version (:func:`.traffic.set_traffic`)."""
+        from reflex_serve.router.traffic import set_traffic
+
+        self._acquire()
+        try:
+            return set_traffic(self, slot, ident, fraction, actor=actor, reason=reason)
+        finally:
+            self.swap_lock.release()
+
+    def history(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self.registry.swaps(limit)
