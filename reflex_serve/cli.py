@@ -13,6 +13,7 @@ import typer
 from .distill.cli import distill_cmd
 from .export.cli import validate_app
 from .gates.cli import gates_app
+from .router.cli import models_app
 from .sim.cli import sim_app
 from .storage.cli import data_app
 
@@ -24,6 +25,7 @@ app.add_typer(sim_app, name="sim", help="MetaWorld simulation: demonstrations.")
 app.add_typer(data_app, name="data")
 app.add_typer(validate_app, name="validate")
 app.add_typer(gates_app, name="gates")
+app.add_typer(models_app, name="models")
 train_app.command("distill")(distill_cmd)
 
 ExportArg = Annotated[Path | None, typer.Argument(
@@ -193,8 +195,12 @@ def serve_cmd(
     no_images: Annotated[bool, typer.Option("--no-images", help="Store no camera images.")] = False,
     collect_queue: Annotated[int, typer.Option(min=1, help="Records queued for the store at most (then dropped).")] = 8192,
     collect_flush_s: Annotated[float, typer.Option(min=0.01, help="Commit interval of collected records, s.")] = 1.0,
+    admin_key: Annotated[str | None, typer.Option(envvar="REFLEX_ADMIN_KEY", help="Run the versioning router; its admin API (/admin, reflex models) needs 'Authorization: Bearer KEY'. Must differ from --api-key.")] = None,
+    monitor_window: Annotated[str | None, typer.Option(help="Post-swap monitoring window, e.g. 24h, 30m, 20s (default 24h; needs --admin-key).")] = None,
+    router_config: Annotated[Path | None, typer.Option(help="TOML file of router rules on top of the defaults (docs/router.md; needs --admin-key).")] = None,
 ) -> None:
-    """Serve a policy: POST /act (JSON or msgpack), the openpi websocket, /health, /metrics."""
+    """Serve a policy: POST /act (JSON or msgpack), the openpi websocket, /health, /metrics;
+    with --admin-key, the versioning router and its admin API."""
     from .server.cli import serve
 
     collect = None
@@ -206,16 +212,46 @@ def serve_cmd(
         collect = CollectOptions(store=store, data_dir=data_dir,
                                  privacy=Privacy(hash_instructions=hash_instructions, store_images=not no_images),
                                  writer=WriterConfig(queue_size=collect_queue, flush_interval_s=collect_flush_s))
-    elif store or data_dir or hash_instructions or no_images:
+    elif hash_instructions or no_images or ((store or data_dir) and admin_key is None):
         raise typer.BadParameter("needs --collect-data", param_hint="--store/--data-dir/--hash-instructions/--no-images")
+    config = router_settings(admin_key, api_key, monitor_window, router_config)
+    from .router.errors import RouterError
     from .storage.engine import StoreError
 
     try:
         serve(resolve_export(export_dir), host=host, port=port, api_key=api_key, num_steps=num_steps,
               threads=threads, workers=workers, cache_mb=cache_mb, max_body_mb=max_body_mb, log_level=log_level,
-              collect=collect)
+              collect=collect, admin_key=admin_key, router_config=config, store=store, data_dir=data_dir)
     except StoreError as exc:
         fail(str(exc))
+    except RouterError as exc:
+        fail(f"router: {exc.message}")
+
+
+def router_settings(admin_key: str | None, api_key: str | None, monitor_window: str | None,
+                    config_file: Path | None) -> Any:
+    """The router's config from ``reflex serve`` options (None without --admin-key)."""
+    if admin_key is None:
+        if monitor_window is not None or config_file is not None:
+            raise typer.BadParameter("needs --admin-key", param_hint="--monitor-window/--router-config")
+        return None
+    if not admin_key.strip():
+        raise typer.BadParameter("must not be empty", param_hint="--admin-key")
+    if admin_key == api_key:
+        raise typer.BadParameter("must differ from --api-key (the /act key)", param_hint="--admin-key")
+    from .router.config import ConfigError, load_router_config
+    from .storage.maintenance import parse_duration
+
+    overrides = {}
+    if monitor_window is not None:
+        try:
+            overrides["monitor"] = {"window_s": parse_duration(monitor_window).total_seconds()}
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--monitor-window") from None
+    try:
+        return load_router_config(config_file, **overrides)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--router-config") from None
 
 
 @app.command("eval")

@@ -20,6 +20,7 @@ from reflex_serve.server.settings import MIB, ServerSettings
 from reflex_serve.server.state import ActHook
 
 if TYPE_CHECKING:
+    from reflex_serve.router.config import RouterConfig
     from reflex_serve.storage.collector import CollectOptions
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ def serve(
     log_level: str = "info",
     hooks: Sequence[ActHook] = (),
     collect: CollectOptions | None = None,
+    admin_key: str | None = None,
+    router_config: RouterConfig | None = None,
+    store: str | None = None,
+    data_dir: Path | None = None,
 ) -> None:
     """Serve ``export_dir`` over HTTP (``/act``, ``/health``, ``/metrics``) and websocket.
 
@@ -60,10 +65,17 @@ def serve(
         collect: log every served call into the store (``--collect-data``); the store
             is opened (schema created or upgraded) before the port is bound, and every
             queued record is committed before this function returns.
+        admin_key: run the versioning router with its admin API under this key
+            (docs/router.md); its registry is the store of ``collect``, else ``store`` /
+            ``data_dir``. The store's active version, when it has one, is served instead
+            of ``export_dir``.
+        router_config: the router's rules (defaults if None).
+        store, data_dir: the router's store when there is no ``collect``.
 
     Raises:
         ExportError: if ``export_dir`` is not a valid export.
         StoreError: if ``collect`` names a store that cannot be used.
+        RouterError: the store's active version cannot be loaded here.
     """
     from reflex_serve.runtime.cache import PrefixCache
     from reflex_serve.runtime.policy import Policy
@@ -79,21 +91,39 @@ def serve(
         max_body_bytes=int(max_body_mb * MIB),
         warmup_iters=warmup_iters,
         act_workers=workers,
+        admin_key=admin_key,
     )
-    collector = None
+    collector = controller = opened = None
     if collect is not None:
         from reflex_serve.storage.collector import DataCollector
 
         collector = DataCollector.open(collect)
-    app = create_app(policy, settings, hooks=hooks, collector=collector)
+    if admin_key is not None:
+        from reflex_serve.router import open_router
+        from reflex_serve.storage.store import Store
+
+        router_store = collector.store if collector is not None else None
+        if router_store is None:
+            router_store = opened = Store.open(store, data_dir)
+        try:
+            controller = open_router(policy, router_store, router_config, cache=cache,
+                                     threads=threads, num_steps=num_steps)
+        except Exception:
+            for st in (opened, collector.store if collector is not None else None):
+                if st is not None:
+                    st.close()
+            raise
+        policy = controller.router.active
+    app = create_app(policy, settings, hooks=hooks, collector=collector, router=controller)
     sock = bind_socket(host, port)
     bound_port = sock.getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host
     m = policy.manifest
+    admin = "; admin API at /admin" if controller is not None else ""
     print(
         f"reflex-serve: model {policy.version} ({m.policy_kind}, {policy.num_steps} steps, "
         f"chunk {m.chunk_size}x{m.action_dim}) at http://{url_host}:{bound_port}  "
-        f"(openpi websocket ws://{url_host}:{bound_port}/)",
+        f"(openpi websocket ws://{url_host}:{bound_port}/{admin})",
         flush=True,
     )
     server = uvicorn.Server(
@@ -105,6 +135,8 @@ def serve(
         if collector is not None:
             collector.close()
             collector.store.close()
+        if opened is not None:
+            opened.close()
     print("reflex-serve: stopped", flush=True)
 
 
