@@ -81,12 +81,14 @@ def create_app(
         hooks = [*hooks, collector.hook]
     state = ServingState(picker, settings, hooks, error_hooks)
     if collector is not None:
-        from reflex_serve.gates.metrics import GateCollector
-
         collector.writer.export_metrics(state.metrics.registry)
-        state.metrics.registry.register(GateCollector(collector.store))
     if router is not None:
         router.router.metrics.export(state.metrics.registry)
+    gate_store = collector.store if collector is not None else getattr(router, "store", None)
+    if gate_store is not None:  # the latest gate results, read from the store at scrape time
+        from reflex_serve.gates.metrics import GateCollector
+
+        state.metrics.registry.register(GateCollector(gate_store))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
