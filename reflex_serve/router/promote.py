@@ -313,12 +313,14 @@ class Controller:
                                        or self.router.monitor.new_version != current.version):
                 raise RouterError(409, "the monitored version is no longer active",
                                   code="conflict")
+            monitor = self.router.monitor
             self.router.switch(target, keep_previous=False)
             self.router.start_monitor(None)
             if breach is not None:
                 self.router.metrics.breach_to_rollback.observe(
                     time.monotonic() - breach.evidence_at)
                 figures.update(breach.figures)
+                figures["signals"] = monitor.status()["signals"]
             signal = breach.signal if breach is not None else "operator"
             self.router.metrics.rollbacks.labels(signal).inc()
             self.router.metrics.swaps.labels("rollback", "ok").inc()
