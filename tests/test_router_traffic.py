@@ -54,7 +54,7 @@ def test_shadow_mirrors_calls_off_the_response_path_and_records_the_comparison(e
             for i in range(12):
                 body = {**observation(i), "episode_id": f"ep-{i}"}
                 if i % 2:
-                    body["seed"] = i  # the served chunk is reused: only the shadow runs
+                    body["seed"] = i
                 a = http.post("/act", content=codec.packb(body), headers=MSGPACK)
                 versions.append(a.headers["x-reflex-model-version"])
         assert set(versions) == {old}  # clients never see the shadow

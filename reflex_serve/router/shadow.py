@@ -6,10 +6,11 @@ Two uses:
 - ``monitor``: after a swap, a share of the new version's calls is replayed on the
   previous version (the monitor's divergence signal).
 
-Both versions see the same observation and the same initial noise: the request's seed
-when it had one (then the served chunk is reused and only the other version runs),
-else a fresh seed for both. When the two prefix graphs are the same file (a SnapFlow
-student and its teacher) the second call finds the prefix KV in the shared cache.
+Both versions see the same observation and the same initial noise: the served chunk's
+noise (the runtime reports it, so the served chunk is reused and only the other version
+runs), else a fresh seed for both. When the two prefix graphs are the same file (a
+SnapFlow student and its teacher) the mirrored call finds the prefix KV in the shared
+cache.
 
 Divergence: RMS over the chunk of (candidate - reference) / the reference's action std.
 Jobs wait in a bounded queue (a full queue drops and counts); one thread runs them at a
@@ -86,17 +87,20 @@ def divergence(candidate: np.ndarray, reference: np.ndarray, std: np.ndarray) ->
 
 
 def compare(job: MirrorJob) -> Comparison:
-    """Run the mirrored side(s) of ``job`` and compare (blocking)."""
-    seed = job.params.seed
+    """Run the mirrored side(s) of ``job`` and compare (blocking).
+
+    The served chunk is reused when its initial noise is known (the runtime reports it),
+    so only the other version runs; otherwise both run on a fresh seed.
+    """
     served_by_candidate = job.mode == "monitor"
-    cand = ref = None
-    if seed is not None:  # the served chunk used this seed: reuse it
-        cand, ref = (job.served, None) if served_by_candidate else (None, job.served)
+    other = job.reference if served_by_candidate else job.candidate
+    noise = job.served.extra.get("noise") if job.served.extra else None
+    if noise is not None and noise.shape == other.noise_shape:
+        mirrored = other.act(job.obs, num_steps=job.num_steps, noise=noise)
+        cand, ref = (job.served, mirrored) if served_by_candidate else (mirrored, job.served)
     else:
-        seed = random.randrange(_MAX_SEED)
-    if ref is None:
+        seed = job.params.seed if job.params.seed is not None else random.randrange(_MAX_SEED)
         ref = job.reference.act(job.obs, num_steps=job.num_steps, seed=seed)
-    if cand is None:
         cand = job.candidate.act(job.obs, num_steps=job.num_steps, seed=seed)
     return Comparison(
         mode=job.mode,

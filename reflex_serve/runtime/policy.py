@@ -174,7 +174,8 @@ class Policy:
                 takes precedence over ``seed``.
 
         Returns:
-            :class:`ActResult` with unnormalized actions float32 (H, A).
+            :class:`ActResult` with unnormalized actions float32 (H, A); ``extra["noise"]``
+            is the initial noise used (so another version can be run on the same noise).
 
         Raises:
             InvalidObservation: on an observation or argument that does not fit.
@@ -209,6 +210,7 @@ class Policy:
             total_ms=(end - start) * 1e3,
             cache_hit=hit,
             version=self.version,
+            extra={"noise": noise},
         )
 
     def warmup(self, n: int = 3) -> None:

@@ -55,6 +55,8 @@ class ActResult:
         total_ms: wall time of the whole call (pre/post-processing included), in ms.
         cache_hit: whether the prefix KV came from the prefix cache.
         version: the content digest of the export that produced the chunk.
+        extra: anything else the producer adds (the runtime: ``noise``, the initial
+            noise in normalized units; the HTTP client: server and round-trip times).
     """
 
     actions: np.ndarray
