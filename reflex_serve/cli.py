@@ -269,6 +269,7 @@ def eval_cmd(
     gif: Annotated[bool, typer.Option(help="Also write episodes.gif (needs --out).")] = False,
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads (in-process).")] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    report_outcomes: Annotated[bool, typer.Option("--report-outcomes", help="With --server: report each episode's success to the server (needs --collect-data there; the router's episode-success signal reads them).")] = False,
 ) -> None:
     """Closed-loop MetaWorld evaluation: success rate with Wilson 95% intervals, /act latency."""
     from .client import LocalClient, ReflexClient, ReflexClientError
@@ -278,9 +279,11 @@ def eval_cmd(
         raise typer.BadParameter("give either EXPORT_DIR or --server, not both", param_hint="--server")
     if gif and out is None:
         raise typer.BadParameter("--gif needs --out", param_hint="--gif")
+    if report_outcomes and server is None:
+        raise typer.BadParameter("needs --server", param_hint="--report-outcomes")
     task_list = eval_tasks(tasks, suite)
     if server is not None:
-        client = ReflexClient(server, api_key=api_key)
+        client = ReflexClient(server, api_key=api_key, report_outcomes=report_outcomes)
         try:
             summary = client.wait_ready(timeout_s=30)
         except ReflexClientError as exc:

@@ -68,6 +68,9 @@ class ReflexClient:
         api_key: sent as ``Authorization: Bearer <key>``.
         timeout_s: per-request timeout in seconds.
         use_msgpack: msgpack bodies (fast, default) or JSON with base64 PNG images.
+        report_outcomes: report each finished episode's success to the server
+            (:meth:`end_episode`, called by closed-loop evaluation): the versioning
+            router's episode-success signal reads them.
     """
 
     def __init__(
@@ -76,9 +79,11 @@ class ReflexClient:
         api_key: str | None = None,
         timeout_s: float = 10.0,
         use_msgpack: bool = True,
+        report_outcomes: bool = False,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.use_msgpack = use_msgpack
+        self.report_outcomes = report_outcomes
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers)
         self._health: dict[str, Any] | None = None
 
@@ -151,6 +156,30 @@ class ReflexClient:
         if self._health is None:
             self.health()
         return int(self._health["n_action_steps"])
+
+    def report_outcome(self, episode_id: str, success: bool, *, reward: float | None = None,
+                       note: str | None = None) -> dict[str, Any]:
+        """``POST /v1/episodes/{episode_id}/outcome`` (the server must collect data).
+
+        Raises:
+            ReflexServerError: an error response (404: unknown episode, or no collection).
+        """
+        body: dict[str, Any] = {"outcome": "success" if success else "failure"}
+        if reward is not None:
+            body["reward"] = reward
+        if note is not None:
+            body["note"] = note
+        response = self._request("POST", f"/v1/episodes/{episode_id}/outcome", json=body)
+        data = self._decode(response)
+        if response.status_code != 200:
+            raise self._error(response.status_code, data)
+        return data
+
+    def end_episode(self, episode_id: str, *, success: bool, steps: int) -> None:
+        """Report the outcome when ``report_outcomes`` is set (closed-loop evaluation
+        calls this after each episode)."""
+        if self.report_outcomes:
+            self.report_outcome(episode_id, success, note=f"{steps} steps")
 
     # -- health --------------------------------------------------------------------------
 

@@ -13,15 +13,19 @@ from router_helpers import (
     admin,
     fast_config,
     metric,
+    observation,
     record_gates,
     router_server,
     variant,
     wait_for,
 )
 
+from reflex_serve.client import ReflexClient
 from reflex_serve.export.manifest import read_manifest
 from reflex_serve.export.tiny import make_tiny_export
+from reflex_serve.runtime.types import Observation
 from reflex_serve.storage.models import Request
+from reflex_serve.storage.routing import attributed_outcomes
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +161,20 @@ def test_a_healthy_version_is_kept_when_its_window_ends(exports, tmp_path):
         assert (status["active"], status["previous"], status["monitor"]) == (new, None, None)
         states = {v.version: v.state for v in controller.registry.versions()}
         assert states == {old: "retired", new: "active"}
+
+
+def test_closed_loop_clients_report_outcomes_that_the_monitor_can_read(exports, tmp_path):
+    teacher, old = exports["teacher"]
+    url = f"sqlite:///{tmp_path / 's.sqlite'}"
+    with router_server(teacher, url, collect=True) as (server, _, store), \
+            ReflexClient(server.url, report_outcomes=True) as client:
+        for e, success in enumerate((True, False, True)):
+            obs = Observation(**observation(e))
+            assert client.act(obs, episode_id=f"eval-{e}", step=0).version == old
+            client.end_episode(f"eval-{e}", success=success, steps=40)
+        assert store.episode("eval-1").outcome == "failure"
+        assert store.episode("eval-1").note == "40 steps"
+        wait_for(lambda: store.count(Request) == 3)
+        assert [ok for _, ok in attributed_outcomes(store, old)] == [True, False, True]
+    with ReflexClient(server.url) as silent:  # the server is gone: a call would raise
+        silent.end_episode("eval-9", success=True, steps=1)  # not asked to report: no call
