@@ -1,6 +1,7 @@
-"""Two `reflex serve --admin-key` processes on one PostgreSQL store: the store's active
-version wins at start, and both converge within 5 s after a promote on one of them and
-after a rollback on the other (default sync interval, 1 s)."""
+"""`reflex serve --admin-key` processes on one PostgreSQL store: the store's active
+version wins at start, a replica started inside a monitoring window monitors too, and
+all converge within 5 s after a promote on one of them and after a rollback on another
+(default sync interval, 1 s)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def converge(url: str, version: str) -> float:
     return time.monotonic() - start
 
 
-def test_two_processes_on_one_postgresql_store_converge(pg_database, tmp_path):
+def test_replicas_on_one_postgresql_store_converge_and_monitor_together(pg_database, tmp_path):
     _reset_pg(pg_database)
     base = make_tiny_export(tmp_path / "base")
     teacher = variant(base, tmp_path / "teacher", tag="teacher", action_limits=WIDE_LIMITS)
@@ -62,9 +63,14 @@ def test_two_processes_on_one_postgresql_store_converge(pg_database, tmp_path):
         assert answer.headers["x-reflex-model-version"] == new
         status_b = admin(url_b, "GET", "/admin/router").json()
         assert status_b["previous"] == old and status_b["monitor"]["version"] == new
+        c, url_c = spawn_server(teacher, *args)  # a replica started inside the window...
+        procs.append(c)
+        status_c = admin(url_c, "GET", "/admin/router").json()
+        assert (status_c["active"], status_c["previous"]) == (new, old)  # ...monitors too
+        assert status_c["monitor"]["version"] == new
         r = admin(url_b, "POST", "/admin/rollback", json={"actor": "ci", "reason": "drill"})
         assert r.status_code == 200 and r.json()["to_version"] == old
-        took_back = converge(url_a, old)
+        took_back = max(converge(url_a, old), converge(url_c, old))
         assert admin(url_a, "GET", "/admin/router").json()["monitor"] is None
         assert max(took, took_back) < CONVERGE_S
     finally:
