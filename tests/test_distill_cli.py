@@ -61,7 +61,7 @@ def test_student_export_is_a_one_step_shortcut_child_sharing_the_prefix(setup, s
 
 
 def test_student_round_trips_through_validate(setup, student):
-    _, teacher, _ = setup
+    _, teacher, demos = setup
     out, _ = student
     args = [
         "validate",
@@ -69,6 +69,8 @@ def test_student_round_trips_through_validate(setup, student):
         str(out),
         "--reference",
         str(teacher),
+        "--data",  # real frames: validation no longer defaults to synthetic observations
+        str(demos),
         "--observations",
         "3",
         "--samples",

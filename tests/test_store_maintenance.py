@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from reflex_serve.sim.dataset import EpisodeRecord, make_meta, write_meta, write_task_file
+from reflex_serve.storage import schema
 from reflex_serve.storage.cli import data_app
 from reflex_serve.storage.demos import write_demo_episode
 from reflex_serve.storage.export import export_lerobot
@@ -102,7 +103,7 @@ def test_stats_count_by_source_version_and_outcome(store):
     assert (st.episodes_with_outcome, st.successes) == (3, 2)  # demo seeds 10 (ok), 11 (failed)
     assert st.success_rate == pytest.approx(2 / 3)
     assert st.images == 3 + 8 and st.image_bytes > 0
-    assert st.first <= st.last and st.revision == "0002"
+    assert st.first <= st.last and st.revision == schema.head_revision()
     assert json.loads(json.dumps(st.to_dict()))["success_rate"] == pytest.approx(2 / 3)
 
 
@@ -151,7 +152,7 @@ def test_cli_stats_prune_and_errors(store, tmp_path):
     res = runner.invoke(data_app, ["stats", "--store", url])
     assert res.exit_code == 0, res.output
     assert "requests    demo 0  served 2" in res.output
-    assert "images      2 frames" in res.output and "(schema 0002)" in res.output
+    assert "images      2 frames" in res.output and f"(schema {schema.head_revision()})" in res.output
     res = runner.invoke(data_app, ["stats", "--store", url, "--json"])
     assert json.loads(res.output)["requests_by_source"] == {"demo": 0, "served": 2}
     res = runner.invoke(data_app, ["prune", "--older-than", "30d", "--dry-run", "--store", url])
