@@ -186,7 +186,7 @@ def fast_config(**sections):
     """The default thresholds with small evidence sizes, and a closed-loop suite of one
     8-step episode of reach-v3 (the tiny policies never succeed: 0 vs 0)."""
     cfg = load_config()
-    cfg = cfg.replace("evidence", observations=8, samples=16)
+    cfg = cfg.replace("evidence", observations=8, samples=8)
     cfg = cfg.replace("latency", calls=40, warmup=5, min_calls=20)
     cfg = cfg.replace("sim", tasks=["reach-v3"], episodes=1, max_steps=8)
     cfg = cfg.replace("resources", acts=5)

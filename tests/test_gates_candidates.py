@@ -86,7 +86,7 @@ def test_a_faithful_faster_candidate_passes_all_nine(family):
     assert report.may_ship and report.evidence["replay_kind"] == "store"
     assert report.evidence["replay_observations"] == 8 and len(report.evidence["probes"]) == 5
     r = {x.gate: x for x in report.results}
-    assert r["S1"].value == 0 and r["S1"].evidence == (8 + 5) * 16
+    assert r["S1"].value == 0 and r["S1"].evidence == (8 + 5) * 8  # chunks: observations x K
     assert r["S2"].value == 0 and r["S3"].value <= 1.5
     assert r["P3"].value < 0.1 and r["P3"].data["spread_teacher"] > 3  # bimodal: modes far apart
     assert r["P4"].value < 0.5 and r["P4"].evidence == 40  # 5 vs 20 Euler steps
@@ -98,7 +98,9 @@ def test_nan_on_a_black_image_fails_s1_only(family):
     report = gates(family, "nan_on_black")
     assert failing(report) == {"S1"}, table(report)
     s1 = report.result("S1")
-    assert s1.data["offending"] == ["probe:black_image"] and s1.value == 16 * 8 * 4
+    assert (
+        s1.data["offending"] == ["probe:black_image"] and s1.value == 8 * 8 * 4
+    )  # K draws x H x A
     assert not report.may_ship and [r.gate for r in report.blocking()] == ["S1"]
 
 
@@ -107,7 +109,7 @@ def test_actions_beyond_the_limits_at_the_state_maximum_fail_s2_only(family):
     assert failing(report) == {"S2"}, table(report)
     s2 = report.result("S2")
     assert "probe:state_max" in s2.detail and "replay" not in s2.detail.split("at ")[1]
-    assert s2.value == 16 * 8 * 4  # every value of every draw at that probe
+    assert s2.value == 8 * 8 * 4  # every value of every draw at that probe
     assert "teacher range" in s2.data["source"]
 
 
@@ -157,7 +159,8 @@ def test_the_10_step_teacher_agrees_with_itself_exactly(family):
 
 
 def test_naive_one_step_on_bimodal_data_fails_p3_only_and_the_override_path(family, tmp_path):
-    config = write_config(fast_config(), tmp_path / "gates.toml")
+    # K = 16 draws: a collapsed candidate scores up to (K - 2) / K
+    config = write_config(fast_config(evidence={"samples": 16}), tmp_path / "gates.toml")
     out = tmp_path / "report.json"
     naive = family.paths["naive_1_step"]
     res = runner.invoke(

@@ -84,20 +84,30 @@ def _child_env(threads: int) -> dict[str, str]:
     return env
 
 
+_RESOURCE_CACHE: dict[tuple, dict[str, Any]] = {}
+
+
 class ResourceMeasurement:
     """The measurement program run once per export, in child processes started at once.
 
     Start it, do other work that does not time anything (the closed-loop suite), then
     call :meth:`results`. The children compete for CPU with that work, never for memory
-    accounting: each reads its own address space's peak.
+    accounting: each reads its own address space's peak. An export measured before in
+    this process (same digest, ``acts`` and ``threads``) is not measured again: gating
+    several candidates against one teacher measures the teacher once.
     """
 
     def __init__(self, export_dirs: list[Path], acts: int, threads: int, timeout_s: float) -> None:
+        from ..export.manifest import read_manifest
+
         self.export_dirs = [Path(d) for d in export_dirs]
         self.timeout_s = timeout_s
         self._deadline = time.monotonic() + timeout_s
+        self._keys = [(read_manifest(d).digest, acts, threads) for d in self.export_dirs]
         self._procs = [
-            subprocess.Popen(
+            None
+            if key in _RESOURCE_CACHE
+            else subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
@@ -113,7 +123,7 @@ class ResourceMeasurement:
                 text=True,
                 env=_child_env(threads),
             )
-            for d in self.export_dirs
+            for d, key in zip(self.export_dirs, self._keys)
         ]
 
     def results(self) -> list[dict[str, Any]]:
@@ -125,7 +135,10 @@ class ResourceMeasurement:
         """
         out = []
         try:
-            for d, p in zip(self.export_dirs, self._procs):
+            for d, key, p in zip(self.export_dirs, self._keys, self._procs):
+                if p is None:
+                    out.append({**_RESOURCE_CACHE[key], "export_dir": str(d)})
+                    continue
                 try:
                     stdout, stderr = p.communicate(
                         timeout=max(1.0, self._deadline - time.monotonic())
@@ -135,7 +148,8 @@ class ResourceMeasurement:
                 if p.returncode != 0:
                     tail = stderr.strip().splitlines()[-1:] or ["no message"]
                     raise RuntimeError(f"measuring {d} failed (exit {p.returncode}): {tail[0]}")
-                out.append(json.loads(stdout.strip().splitlines()[-1]))
+                _RESOURCE_CACHE[key] = json.loads(stdout.strip().splitlines()[-1])
+                out.append(_RESOURCE_CACHE[key])
         finally:
             self.close()
         return out
@@ -143,7 +157,7 @@ class ResourceMeasurement:
     def close(self) -> None:
         """Kill children still running (a run that ends early)."""
         for p in self._procs:
-            if p.poll() is None:
+            if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
 
