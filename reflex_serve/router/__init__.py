@@ -6,7 +6,9 @@
     shadow.py     mirrored calls off the response path, compared on the same noise
     stats.py      Wilson bounds, binomial tail, two-proportion test, action limits
     monitor.py    the post-swap monitor: five signals judged at evidence milestones
-    promote.py    Controller: prepare (check, load, warm), promote, rollback, traffic
+    promote.py    Controller: prepare (check, load, warm), promote; its other decisions in
+    rollback.py   roll back (monitor or operator), keep at the end of a window
+    traffic.py    shadow and canary slots
     sync.py       replicas following the store; the sync and monitor threads
     metrics.py    Prometheus metrics
     cli.py        reflex models list | register | shadow | canary | promote | rollback

@@ -8,9 +8,7 @@
               transaction, refused if the active version changed meanwhile) -> switch the
               active reference -> start the post-swap monitor; the old version stays
               loaded for the window
-    rollback  switch back to the previous version at once, then record it (by the
-              monitor on a breach, with the signal and figures, or by an operator)
-    keep      the window ended without a breach: unload the previous version
+    rollback, keep  the two ends of a monitoring window (:mod:`.rollback`)
 
 A failure at any stage before the switch leaves the old version serving and is
 recorded as a ``failed`` swap with its stage and error.
@@ -46,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 INTERFACE = ("state_dim", "action_dim", "chunk_size", "n_action_steps")
-MONITOR_ACTOR = "monitor"
 
 
 def replica_name() -> str:
@@ -162,7 +159,7 @@ class Controller:
 
     # -- swaps ------------------------------------------------------------------------------
 
-    def _swap_row(self, kind: str, status: str, old: Policy | VersionInfo | None,
+    def swap_row(self, kind: str, status: str, old: Policy | VersionInfo | None,
                   new: Policy | VersionInfo, actor: str, reason: str, **extra: Any) -> dict:
         def ids(v):
             if v is None:
@@ -182,7 +179,7 @@ class Controller:
     def fail(self, exc: StageError, info: VersionInfo, active: Policy, actor: str,
               reason: str, figures: dict | None = None) -> RouterError:
         """Record a failed promote (the old version keeps serving); the error to raise."""
-        row = self._swap_row("promote", "failed", active, info, actor, reason, stage=exc.stage,
+        row = self.swap_row("promote", "failed", active, info, actor, reason, stage=exc.stage,
                              error=str(exc), figures=figures or {}, finished_at=utcnow())
         try:
             record_swap(self.store, row)
@@ -243,7 +240,7 @@ class Controller:
         until = now + timedelta(seconds=self.config.monitor.window_s)
         baseline = self.router.baseline()
         figures["baseline"] = baseline.to_dict()
-        row = self._swap_row("promote", "monitoring", old, new, actor, reason,
+        row = self.swap_row("promote", "monitoring", old, new, actor, reason,
                              figures=figures, started_at=now, monitor_until=until)
         routes = self.router.routes
         slots = {"active": (new.manifest.digest, 1.0)}
@@ -296,127 +293,31 @@ class Controller:
 
     def rollback(self, *, actor: str, reason: str = "", to: str | None = None,
                  breach: Breach | None = None) -> dict[str, Any]:
-        """Make the previous version (or ``to``, a version that was active before) active.
-
-        Raises:
-            RouterError: 404 unknown ``to``, 409 nothing to roll back to / never active,
-                422 it cannot be loaded (recorded), 503 store unavailable.
-        """
-        from reflex_serve.storage.routing import open_swap
+        """Roll back now (:func:`.rollback.rollback`)."""
+        from reflex_serve.router.rollback import rollback
 
         self._acquire(blocking=breach is not None)
-        started = utcnow()
         try:
-            routes, current = self.router.routes, self.router.active
-            target, figures = self._rollback_target(routes, current, to, actor, reason)
-            if breach is not None and (self.router.monitor is None
-                                       or self.router.monitor.new_version != current.version):
-                raise RouterError(409, "the monitored version is no longer active",
-                                  code="conflict")
-            monitor = self.router.monitor
-            self.router.switch(target, keep_previous=False)
-            self.router.start_monitor(None)
-            if breach is not None:
-                self.router.metrics.breach_to_rollback.observe(
-                    time.monotonic() - breach.evidence_at)
-                figures.update(breach.figures)
-                figures["signals"] = monitor.status()["signals"]
-            signal = breach.signal if breach is not None else "operator"
-            self.router.metrics.rollbacks.labels(signal).inc()
-            self.router.metrics.swaps.labels("rollback", "ok").inc()
-            row = self._swap_row("rollback", "done", current, target, actor, reason,
-                                 signal=signal, figures=figures, started_at=started,
-                                 finished_at=utcnow())
-            opened = open_swap(self.store)
-            change = RouterChange(
-                actor, reason or f"roll back to {target.version}",
-                slots={"active": (target.manifest.digest, 1.0)},
-                states=[(current.manifest.digest, "rolled_back"),
-                        (target.manifest.digest, "active")],
-                new_swaps=[row], expect_active=current.manifest.digest,
-                swap_status=[(opened.id, ("monitoring",), "rolled_back",
-                              {"rollback": row["id"], "signal": signal})]
-                if opened is not None and opened.to_digest == current.manifest.digest else [])
-            self._record(change)
-            log.warning("rolled back %s -> %s (%s): %s", current.version, target.version,
-                        signal, reason)
-            return {**row, "started_at": row["started_at"].isoformat(),
-                    "finished_at": row["finished_at"].isoformat()}
+            return rollback(self, actor=actor, reason=reason, to=to, breach=breach)
         finally:
             self.swap_lock.release()
 
-    def _rollback_target(self, routes, current: Policy, to: str | None, actor: str,
-                         reason: str) -> tuple[Policy, dict[str, Any]]:
-        from reflex_serve.storage.routing import swaps
-
-        if to is None:
-            if routes.previous is not None:
-                return routes.previous, {"previous_loaded": True}
-            last = next((s for s in swaps(self.store, 20, current.manifest.digest)
-                         if s.kind == "promote" and s.to_digest == current.manifest.digest
-                         and s.from_digest), None)
-            if last is None:
-                raise RouterError(409, f"nothing to roll back to: no promote to "
-                                  f"{current.version} is recorded; name a version with `to`",
-                                  code="conflict", field="to")
-            to = last.from_digest
-        info = self.registry.resolve(to, field="to")
-        if info.version == current.version:
-            raise RouterError(409, f"to: {info.version} is already active", field="to",
-                              code="conflict")
-        if not self.registry.was_active(info):
-            raise RouterError(409, f"to: {info.version} was never active; promote it instead "
-                              "(promotion checks its gates)", field="to", code="conflict")
-        loaded = self.router.find(info.version)
-        if loaded is not None:
-            return loaded, {"previous_loaded": True}
-        try:
-            policy, figures = self.prepare(info, current)
-        except StageError as exc:
-            raise self.fail(exc, info, current, actor, reason) from None
-        return policy, {**figures, "previous_loaded": False}
-
-    def _record(self, change: RouterChange) -> None:
-        """Write a change already applied in process; kept pending if the store fails."""
-        try:
-            revision = apply_change(self.store, change)
-        except Exception:
-            log.exception("could not record the rollback; retrying from the sync loop")
-            self.router.metrics.failures.labels("store").inc()
-            self.pending = change
-            return
-        self.pending = None
-        if revision is not None:
-            self.router.revision = revision
-
     def flush_pending(self) -> bool:
-        """Retry a change the store refused; True when nothing is pending."""
+        """Retry a rollback the store refused; True when nothing is pending."""
+        from reflex_serve.router.rollback import record
+
         change = self.pending
         if change is None:
             return True
-        self._record(change)
+        record(self, change)
         return self.pending is None
 
     def keep(self, monitor: Monitor) -> None:
-        """The window ended without a breach: record it and unload the previous version."""
-        from reflex_serve.storage.routing import open_swap
+        """The window ended without a breach (:func:`.rollback.keep`)."""
+        from reflex_serve.router.rollback import keep
 
         with self.swap_lock:
-            if self.router.monitor is not monitor:
-                return
-            try:
-                opened = open_swap(self.store)
-                if opened is not None and opened.id == monitor.swap_id:
-                    apply_change(self.store, RouterChange(
-                        MONITOR_ACTOR, "monitoring window ended without a breach",
-                        swap_status=[(opened.id, ("monitoring",), "kept",
-                                      {"monitor": monitor.status()})]))
-            except Exception:
-                log.exception("could not record the end of the monitoring window")
-                return
-            self.router.start_monitor(None)
-            self.router.drop_previous()
-            log.info("%s kept after its monitoring window", monitor.new_version)
+            keep(self, monitor)
 
     def set_traffic(self, slot: str, ident: str, fraction: float, *, actor: str,
                     reason: str = "") -> dict[str, Any]:
