@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 
 from reflex_serve.router.config import ConfigError, RouterConfig, load_router_config
 from reflex_serve.router.monitor import DivergenceSignal, OutcomeSignal, RateSignal
 from reflex_serve.router.router import canary_bucket
+from reflex_serve.router.shadow import lower_priority
 from reflex_serve.router.stats import (
     binom_sf,
     look_alpha,
@@ -119,3 +123,20 @@ def test_router_settings_name_the_setting_at_fault(tmp_path):
     cfg = load_router_config(path)
     assert cfg.monitor.window_s == 30 and cfg.divergence.max_divergence == 0.2
     assert cfg.errors == RouterConfig().errors
+
+
+def test_mirrored_calls_never_run_above_the_priority_of_a_niced_server():
+    seen = {}
+
+    def niced_server_thread() -> None:  # as under `nice -n 15 reflex serve`
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(15, os.getpriority(os.PRIO_PROCESS, tid)))
+        seen["server"] = os.getpriority(os.PRIO_PROCESS, tid)
+        seen["mirror"] = lower_priority(10)  # shadow.nice = 10 must not raise it
+        seen["lower"] = lower_priority(19)
+
+    thread = threading.Thread(target=niced_server_thread)
+    thread.start()
+    thread.join()
+    assert seen["mirror"] == seen["server"] >= 15
+    assert seen["lower"] == 19

@@ -139,7 +139,8 @@ class OutcomesRule:
 @dataclass(frozen=True)
 class ShadowConfig:
     """Mirrored calls wait in a queue of ``queue_size`` (then they are dropped and
-    counted); the mirroring thread runs at ``nice`` (Linux: per thread)."""
+    counted); the mirroring thread runs at ``nice`` (Linux: per thread), or at the
+    server's own niceness when that is higher (never above the requests)."""
 
     queue_size: int = 64
     nice: int = 10

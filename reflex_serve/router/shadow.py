@@ -115,6 +115,21 @@ def compare(job: MirrorJob) -> Comparison:
     )
 
 
+def lower_priority(nice: int) -> int | None:
+    """Run the calling thread at niceness ``nice``, or leave it where it is if it already
+    runs at a higher niceness (a server started with ``nice -n 19``: as root, setting 10
+    would put mirrored calls above the requests). Linux: niceness is per thread, so the
+    serving threads keep theirs. Returns the thread's niceness (None: not supported)."""
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        if nice > current:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except (AttributeError, OSError):
+        return None
+
+
 class Mirror:
     """The mirroring queue and its thread.
 
@@ -159,10 +174,7 @@ class Mirror:
             thread.join(timeout_s)
 
     def _run(self) -> None:
-        try:  # Linux: niceness is per thread, so serving threads keep their priority
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.config.nice)
-        except (AttributeError, OSError):
-            pass
+        lower_priority(self.config.nice)
         last_flush = time.monotonic()
         while True:
             try:
