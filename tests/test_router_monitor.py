@@ -75,7 +75,8 @@ def test_a_version_whose_chunks_break_the_action_limits_is_rolled_back(exports, 
             "action_limits", "monitor", bad, old)
         assert "outside the action limits" in row["reason"]
         figures = row["figures"]
-        assert figures["hits"] == figures["n"] >= 1 and figures["limit"] == 0.0
+        assert figures["hits"] == figures["n"] <= 2 and figures["baseline_hits"] == 0
+        assert figures["limit"] == min(0.03, figures["baseline_upper"])  # its ceiling
         assert figures["previous_loaded"] is True
         promoted = admin(server.url, "GET", "/admin/swaps").json()[1]
         assert (promoted["status"], promoted["figures"]["signal"]) == ("rolled_back",

@@ -9,11 +9,18 @@ import numpy as np
 import pytest
 
 from reflex_serve.router.config import ConfigError, RouterConfig, load_router_config
-from reflex_serve.router.monitor import DivergenceSignal, OutcomeSignal, RateSignal
+from reflex_serve.router.monitor import (
+    ComparedRateSignal,
+    DivergenceSignal,
+    OutcomeSignal,
+    RateSignal,
+)
 from reflex_serve.router.router import canary_bucket
 from reflex_serve.router.shadow import lower_priority
 from reflex_serve.router.stats import (
+    binom_cdf,
     binom_sf,
+    clopper_pearson_upper,
     look_alpha,
     one_sided_p_drop,
     wilson_lower,
@@ -58,7 +65,7 @@ def test_a_version_as_good_as_its_baseline_is_rarely_rolled_back():
     rng = np.random.default_rng(0)
     base, breaches, monitors = 0.05, 0, 200
     for _ in range(monitors):
-        signal = RateSignal("action_limits", "x", 20, 0.05, base_rate=base, max_increase=0.0)
+        signal = RateSignal("errors", "x", 20, 0.05, base_rate=base, max_increase=0.0)
         for hit in rng.random(1280) < base:  # looks at 20, 40, ..., 1280
             signal.add(bool(hit))
         breaches += signal.judge() is not None
@@ -74,6 +81,94 @@ def test_a_clearly_worse_rate_is_caught_at_the_first_look_with_enough_evidence()
             looks.append(signal.judge())
     assert looks[0] is not None and looks[0].figures["n"] == 200
     assert looks[0].figures["p_value"] < 0.005 and looks[0].figures["limit"] == 0.011
+
+
+def test_the_upper_bound_of_a_baseline_rate_matches_values_computed_by_hand():
+    assert binom_cdf(3, 10, 0.5) == pytest.approx(176 / 1024)
+    assert binom_cdf(10, 10, 0.3) == 1.0 and binom_cdf(-1, 10, 0.3) == 0.0
+    assert clopper_pearson_upper(0, 10, 0.005) == pytest.approx(1 - 0.005 ** 0.1)  # 0.4113
+    assert clopper_pearson_upper(0, 4096, 0.005) == pytest.approx(0.0012927, rel=1e-4)
+    # the 99.5% quantile of Beta(k + 1, n - k): 0.387125 and 0.0052168
+    assert clopper_pearson_upper(2, 20, 0.005) == pytest.approx(0.387125, rel=1e-5)
+    upper = clopper_pearson_upper(10, 4096, 0.005)
+    assert upper == pytest.approx(0.0052168, rel=1e-4)
+    assert binom_cdf(10, 4096, upper) == pytest.approx(0.005, rel=1e-6)
+    assert clopper_pearson_upper(0, 0, 0.005) == 1.0 == clopper_pearson_upper(5, 5, 0.005)
+
+
+def violations(base_hits: int, base_n: int, max_rate: float = 0.03) -> ComparedRateSignal:
+    """The action-limits signal with the default settings and a baseline of base_hits
+    violating chunks of base_n."""
+    return ComparedRateSignal("action_limits", "chunks outside the action limits", 1, 0.01,
+                              base_hits, base_n, max_increase=0.0, max_rate=max_rate)
+
+
+def first_breach(rate: float, base_rate: float, base_n: int, looks: int, rng):
+    """One monitoring window of a version leaving the limits at ``rate`` after a baseline
+    of ``base_n`` chunks at ``base_rate``, judged at every look (1, 2, 4, ... chunks)
+    with the signal's own rule: the breaching look's figures, or None."""
+    signal = violations(int(rng.binomial(base_n, base_rate)), base_n)
+    hits = n = 0
+    for look in range(looks):
+        hits, n = hits + int(rng.binomial(2**look - n, rate)), 2**look
+        alpha = look_alpha(signal.alpha, look)
+        breached, _, figures = signal.rule(n, hits, alpha)
+        if breached:
+            return {"n": n, "alpha": alpha, **figures}
+    return None
+
+
+def test_a_rare_violation_against_a_small_clean_baseline_is_not_a_breach():
+    signal = violations(0, 32)  # the previous version's 32 chunks since its own promote
+    assert signal.limit == 0.03 and signal.bound == "max_rate"  # upper bound 15.2%
+    for hit in [True] + [False] * 63:  # 1 of the first chunk, looks at 1, 2, ..., 64
+        signal.add(hit)
+        assert signal.judge() is None
+    assert signal.last["n"] == 64 and signal.last["hits"] == 1
+    assert signal.status()["baseline_upper"] == pytest.approx(1 - 0.005 ** (1 / 32))
+
+
+def test_an_identical_copy_with_a_rare_violation_rate_is_rarely_rolled_back():
+    rng = np.random.default_rng(2)
+    rate, trials, total = 1 / 400, 600, 0  # the teacher's rate on synthetic input
+    for base_n in (0, 8, 32, 128, 1024, 4096):  # from a fresh promote to a full baseline
+        breaches = sum(first_breach(rate, rate, base_n, 15, rng) is not None
+                       for _ in range(trials))  # 16384 chunks of the copy each
+        assert breaches < 0.01 * trials, base_n
+        total += breaches
+    assert total < 0.01 * 6 * trials
+
+
+def test_a_clearly_higher_violation_rate_is_rolled_back_on_enough_evidence():
+    rng = np.random.default_rng(3)
+    trials = 300
+    # a full baseline at 0.25%: the comparison with it decides
+    caught = [first_breach(0.10, 1 / 400, 4096, 12, rng) for _ in range(trials)]
+    assert sum(b is not None for b in caught) >= 0.99 * trials
+    for b in filter(None, caught):
+        assert b["bound"] == "baseline" and b["limit"] < 0.01 < b["rate"]
+        assert b["p_value"] < b["alpha"] and b["n"] <= 512
+    # a baseline of 32 chunks says little: 10% is caught by the ceiling of 3%
+    caught = [first_breach(0.10, 1 / 400, 32, 13, rng) for _ in range(trials)]
+    assert sum(b is not None for b in caught) >= 0.99 * trials
+    assert {b["bound"] for b in caught if b} == {"max_rate"}
+    assert min(b["hits"] for b in caught if b) >= 2  # 2 of 2 at the least
+
+
+def test_a_version_whose_every_chunk_leaves_the_limits_is_rolled_back_within_two_chunks():
+    for (base_hits, base_n), chunks in {(0, 0): 2, (0, 32): 2, (0, 200): 2, (0, 4096): 1,
+                                        (10, 4096): 2, (400, 4096): 2}.items():
+        signal = violations(base_hits, base_n)
+        for n in range(1, 9):
+            signal.add(True)
+            breach = signal.judge()
+            if breach is not None:
+                break
+        assert breach is not None and breach.figures["n"] == n == chunks, (base_hits, base_n)
+        assert breach.figures["limit"] == min(0.03, signal.base_upper)
+        assert f"{n} of {n} (100.00%)" in breach.reason
+    with pytest.raises(ConfigError, match=r"action_limits\.max_rate"):
+        load_router_config(action_limits={"max_rate": 0})
 
 
 def test_divergence_breaches_only_when_its_lower_bound_clears_the_limit():

@@ -85,18 +85,23 @@ class LatencyRule:
 
 @dataclass(frozen=True)
 class ActionLimitsRule:
-    """Breach: more chunks with a value outside the limits than a share of baseline +
-    max_increase allows (exact binomial test; with a clean baseline and 0, one violation).
+    """Breach: more chunks with a value outside the limits than a share of
+    min(max_rate, U + max_increase) allows (exact binomial test at the look's alpha),
+    U the baseline's exact upper confidence bound at alpha/2 (the looks spend the other
+    half). ``max_rate`` is the hard limit, whatever the baseline: a version whose chunks
+    all leave the limits is rolled back on its 2nd chunk at most (defaults).
     Limits: the manifest's ``action_limits`` (the previous version's, else the new one's),
     else the previous version's data range widened by ``margin`` x width on each side."""
 
     min_chunks: int = 1
     max_increase: float = 0.0
+    max_rate: float = 0.03
     margin: float = 0.1
 
     def __post_init__(self) -> None:
         _require(self.min_chunks >= 1, "action_limits.min_chunks", "must be >= 1")
         _require(0 <= self.max_increase < 1, "action_limits.max_increase", "must be in [0, 1)")
+        _require(0 < self.max_rate <= 1, "action_limits.max_rate", "must be in (0, 1]")
         _require(self.margin >= 0, "action_limits.margin", "must be >= 0")
 
 

@@ -5,13 +5,16 @@ Five signals (docs/router.md has the rules and their defaults):
     errors            5xx share of the new version's /act calls      exact binomial test
     latency_p99       server time above max(ratio x p99, p99 + d)    exact binomial test
     action_limits     chunks with a value outside the action limits  exact binomial test
+                      against the baseline's upper confidence bound, capped by a ceiling
     divergence        new vs previous on mirrored calls (same noise) confidence bound vs limit
     episode_success   reported outcomes of episodes it served alone  two-proportion z-test
 
 Each signal is judged only at evidence milestones (m, 2m, 4m, ... samples, on exactly
 that many), at significance alpha/2, alpha/4, ... (:mod:`.stats`), so a decision depends
-on the evidence and never on how often the monitor thread wakes up. Counting is O(1)
-per call on the event loop; a milestone wakes the monitor thread at once.
+on the evidence and never on how often the monitor thread wakes up (action_limits
+spends half of alpha on its baseline's confidence bound, and alpha/4, alpha/8, ... on
+its looks). Counting is O(1) per call on the event loop; a milestone wakes the monitor
+thread at once.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from reflex_serve.router.stats import (
     Baseline,
     Limits,
     binom_sf,
+    clopper_pearson_upper,
     look_alpha,
     one_sided_p_drop,
     wilson_lower,
@@ -99,9 +103,10 @@ class Signal:
 
 
 class RateSignal(Signal):
-    """A share of bad samples (errors, violating chunks): breach when there are more of
-    them than a rate of baseline + ``max_increase`` allows: P(Binomial(n, limit) >= k)
-    < alpha (with a limit of 0, one bad sample is enough: a hard limit)."""
+    """A share of bad samples (5xx errors): breach when there are more of them than a
+    rate of baseline + ``max_increase`` allows: P(Binomial(n, limit) >= k) < alpha (the
+    baseline's share taken as it was measured; with a limit of 0, one bad sample is
+    enough)."""
 
     def __init__(self, name: str, what: str, first_look: int, alpha: float, base_rate: float,
                  max_increase: float) -> None:
@@ -125,6 +130,63 @@ class RateSignal(Signal):
                   f"{limit:.2%} (baseline {self.base_rate:.2%} + {self.max_increase:.2%}); "
                   f"p = {p:.2g} < {alpha:.2g}")
         return p < alpha, reason, figures
+
+
+class ComparedRateSignal(Signal):
+    """A share of bad samples (chunks outside the action limits) against the previous
+    version's share, with the evidence of both sides and an absolute ceiling.
+
+    The baseline's share is known only from its ``base_n`` samples: half of ``alpha``
+    goes to its exact upper confidence bound ``upper`` (Clopper-Pearson), the other half
+    to the looks (alpha/4, alpha/8, ...). A look breaches when there are more bad samples
+    than a rate of ``limit = min(max_rate, upper + max_increase)`` allows:
+    P(Binomial(n, limit) >= k) < alpha_look. A version whose rate is at most both its
+    baseline's + ``max_increase`` and ``max_rate`` is rolled back with probability
+    <= alpha over the whole window. ``max_rate`` is the hard limit: it holds whatever the
+    baseline (even an empty one), so a version whose every sample is bad is rolled back
+    within a few samples (2 with the defaults), while a rare bad sample against a small
+    clean baseline is not a breach.
+    """
+
+    def __init__(self, name: str, what: str, first_look: int, alpha: float, base_hits: int,
+                 base_n: int, max_increase: float, max_rate: float) -> None:
+        super().__init__(first_look, alpha / 2)  # the looks spend alpha/2 in all
+        self.name, self.what = name, what
+        self.base_hits, self.base_n = base_hits, base_n
+        self.base_alpha = alpha / 2
+        self.base_upper = clopper_pearson_upper(base_hits, base_n, self.base_alpha)
+        self.max_increase, self.max_rate = max_increase, max_rate
+        compared = min(1.0, self.base_upper + max_increase)
+        self.limit = min(max_rate, compared)
+        self.bound = "max_rate" if max_rate < compared else "baseline"
+        self.hits = 0
+
+    def add(self, hit: bool) -> bool:
+        with self._lock:
+            self.hits += bool(hit)
+            return self._count(self.hits)
+
+    def _figures(self) -> dict[str, Any]:
+        return {"limit": self.limit, "bound": self.bound, "baseline_hits": self.base_hits,
+                "baseline_n": self.base_n,
+                "baseline_rate": self.base_hits / self.base_n if self.base_n else 0.0,
+                "baseline_upper": self.base_upper, "baseline_alpha": self.base_alpha,
+                "max_increase": self.max_increase, "max_rate": self.max_rate}
+
+    def rule(self, n: int, hits: int, alpha: float) -> tuple[bool, str, dict[str, Any]]:
+        p = binom_sf(hits, n, self.limit)
+        figures = {"hits": hits, "rate": hits / n, "p_value": p,
+                   "lower_bound": wilson_lower(hits, n, z_for(alpha)), **self._figures()}
+        baseline = (f"baseline {self.base_hits} of {self.base_n}, at most "
+                    f"{self.base_upper:.2%}")
+        why = (f"the ceiling max_rate; {baseline}" if self.bound == "max_rate"
+               else f"{baseline} + {self.max_increase:.2%}")
+        reason = (f"{self.what}: {hits} of {n} ({hits / n:.2%}) against a limit of "
+                  f"{self.limit:.2%} ({why}); p = {p:.2g} < {alpha:.2g}")
+        return p < alpha, reason, figures
+
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), **self._figures()}
 
 
 class LatencySignal(Signal):
@@ -250,10 +312,10 @@ class Monitor:
         alpha = config.monitor.alpha
         self.errors = RateSignal("errors", "5xx errors", config.errors.min_requests, alpha,
                                  baseline.error_rate, config.errors.max_increase)
-        self.action_limits = RateSignal(
+        self.action_limits = ComparedRateSignal(
             "action_limits", f"chunks outside the action limits ({limits.source})",
-            config.action_limits.min_chunks, alpha, baseline.violation_rate,
-            config.action_limits.max_increase)
+            config.action_limits.min_chunks, alpha, baseline.violations, baseline.chunks,
+            config.action_limits.max_increase, config.action_limits.max_rate)
         self.latency = self._latency_signal(baseline, config, alpha)
         self.divergence = DivergenceSignal(
             config.divergence.min_comparisons, alpha, config.divergence.max_divergence,

@@ -4,6 +4,10 @@
     binom_sf(k, n, p)                P(X >= k) for X ~ Binomial(n, p), exact: the test of
                                      the rate rules ("more bad samples than a rate p
                                      allows"), conservative at every sample size
+    binom_cdf(k, n, p)               P(X <= k) for X ~ Binomial(n, p), exact
+    clopper_pearson_upper(k, n, a)   exact upper confidence bound of a proportion: the
+                                     true rate is above it with probability <= a (the
+                                     baseline of the action-limits rule)
     one_sided_p_drop(kb, nb, k, n)   two-proportion z-test: is the new rate below the base?
     look_alpha(alpha, k)             significance of look k: alpha / 2**(k + 1)
     action_limits(reference, candidate, margin) -> Limits
@@ -76,6 +80,39 @@ def binom_sf(k: int, n: int, p: float) -> float:
             break
         i += 1
     return min(1.0, total)
+
+
+def binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed exactly in log space."""
+    if k < 0:
+        return 0.0
+    if k >= n or p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    if k >= n * p:  # the lower tail is large: 1 - P(X >= k + 1), a short upper tail
+        return max(0.0, 1.0 - binom_sf(k + 1, n, p))
+    return min(1.0, sum(math.exp(_log_pmf(i, n, p)) for i in range(k + 1)))
+
+
+def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
+    """The exact one-sided upper confidence bound of a proportion, ``k`` of ``n``: the
+    rate ``u`` with P(Binomial(n, u) <= k) = ``alpha``, so that P(true rate > u) <=
+    alpha whatever the true rate. 1.0 without evidence (n == 0) or when k == n."""
+    if n <= 0 or k >= n:
+        return 1.0
+    if k <= 0:
+        return -math.expm1(math.log(alpha) / n)  # 1 - alpha ** (1 / n)
+    lo, hi = k / n, 1.0  # P(X <= k) falls as the rate rises: bisect
+    for _ in range(200):
+        if hi - lo <= 1e-12 * hi:
+            break
+        mid = (lo + hi) / 2
+        if binom_cdf(k, n, mid) > alpha:
+            lo = mid
+        else:
+            hi = mid
+    return hi  # the upper end: never below the exact bound
 
 
 def one_sided_p_drop(k_base: int, n_base: int, k_new: int, n_new: int) -> float:
