@@ -79,9 +79,22 @@ def run(args: argparse.Namespace) -> None:
             proc.wait(timeout=20)
 
 
+def _complete(out: Path, variant: str, seeds: list[int]) -> bool:
+    """Whether every suite report and probe of ``variant`` exists for ``seeds``."""
+    files = [out / variant / f"{suite}-seed{s}" / "eval.json" for suite in SUITES for s in seeds]
+    files += [out / variant / f"probe-seed{s}" / "probe_samples.npz" for s in seeds]
+    return all(f.is_file() for f in files)
+
+
 def _variants(out: Path) -> list[str]:
+    """Variants with complete results for the teacher's seed sets (teacher, naive first)."""
     found = sorted(p.name for p in out.iterdir() if p.is_dir())
-    return [v for v in (TEACHER, NAIVE) if v in found] + [v for v in found if v not in (TEACHER, NAIVE)]
+    ordered = [v for v in (TEACHER, NAIVE) if v in found] + [v for v in found if v not in (TEACHER, NAIVE)]
+    seeds = _seeds(out, TEACHER) if TEACHER in found else []
+    done = [v for v in ordered if seeds and _complete(out, v, seeds)]
+    for v in set(ordered) - set(done):
+        print(f"(skipping {v}: results incomplete for seeds {seeds})", file=sys.stderr)
+    return done
 
 
 def _seeds(out: Path, variant: str) -> list[int]:
