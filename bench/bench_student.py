@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, summary
+from common import interleaved, parse_named, summary
 
 from reflex_serve.client import ReflexClient
 from reflex_serve.export.parity import random_observations
@@ -48,17 +48,6 @@ def demo_observations(directory: Path, policy: Policy, n: int, seed: int = 0) ->
     ]
 
 
-def parse_named(values: list[str]) -> dict[str, Path]:
-    """``NAME=DIR`` pairs from ``--student``."""
-    out = {}
-    for v in values:
-        name, sep, path = v.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--student: expected NAME=DIR, got {v!r}")
-        out[name] = Path(path)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", type=Path, required=True, help="teacher export directory")
@@ -66,7 +55,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="demo directory for observations")
     ap.add_argument("--rounds", type=int, default=300)
     args = ap.parse_args()
-    students = parse_named(args.student)
+    students = parse_named(args.student, reserved=("teacher",))
     teacher = Policy(args.teacher)
     n_obs = args.rounds + 20
     obs = (demo_observations(args.data, teacher, n_obs) if args.data

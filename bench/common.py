@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from pathlib import Path
 
 import numpy as np
 
@@ -32,3 +33,18 @@ def summary(times: dict[str, np.ndarray], baseline: str) -> str:
         p50, p90, p99 = (float(np.percentile(t, q)) for q in (50, 90, 99))
         lines.append(f"{name:<28} {p50:9.3f} {p90:9.3f} {p99:9.3f} {p50 / base:10.3f}")
     return "\n".join(lines)
+
+
+def parse_named(values: list[str], reserved: Collection[str] = ()) -> dict[str, Path]:
+    """``NAME=DIR`` pairs of a repeatable ``--student`` option; names must be new.
+
+    Raises:
+        SystemExit: a malformed pair, or a name in ``reserved``.
+    """
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path or name in reserved:
+            raise SystemExit(f"--student: expected NAME=DIR with a new name, got {v!r}")
+        out[name] = Path(path)
+    return out

@@ -29,22 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import parse_named
+
 from reflex_serve.export.validate import energy_distance
 from reflex_serve.sim.report import EvalReport, wilson_interval
 from reflex_serve.sim.tasks import SUITES
 
 TEACHER, NAIVE = "teacher", "naive-1step"
-
-
-def parse_named(values: list[str]) -> dict[str, Path]:
-    """``NAME=DIR`` pairs (``--student``)."""
-    out = {}
-    for v in values:
-        name, sep, path = v.partition("=")
-        if not sep or not name or not path or name in (TEACHER, NAIVE):
-            raise SystemExit(f"--student: expected NAME=DIR with a new name, got {v!r}")
-        out[name] = Path(path)
-    return out
 
 
 def run(args: argparse.Namespace) -> None:
@@ -54,7 +46,7 @@ def run(args: argparse.Namespace) -> None:
     from reflex_serve.sim.evaluate import run_eval, sim_settings_from_manifest
     from reflex_serve.sim.probe import probe
 
-    exports = {TEACHER: args.teacher, NAIVE: args.teacher, **parse_named(args.student)}
+    exports = {TEACHER: args.teacher, NAIVE: args.teacher, **parse_named(args.student, reserved=(TEACHER, NAIVE))}
     only = args.only.split(",") if args.only else list(exports)
     unknown = set(only) - set(exports)
     if unknown:
