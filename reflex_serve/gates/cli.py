@@ -97,23 +97,14 @@ def run_cmd(
     """
     from ..export.manifest import read_manifest
     from .audit import persist
-    from .config import ConfigError, load_config
+    from .config import ConfigError, load_config, with_sim
     from .runner import GateInputError, run_gates
 
     if suite is not None and tasks is not None:
         _fail("give --suite or --tasks, not both")
     try:
-        cfg = load_config(config)
-        sim = {}
-        if suite is not None:
-            sim.update(suite=suite, tasks=[])
-        if tasks is not None:
-            sim["tasks"] = [t.strip() for t in tasks.split(",") if t.strip()]
-        if episodes is not None:
-            sim["episodes"] = episodes
-        if sim:
-            cfg = cfg.replace("sim", **sim)
-        cfg.sim.task_list()
+        task_list = tasks.split(",") if tasks is not None else None
+        cfg = with_sim(load_config(config), suite=suite, tasks=task_list, episodes=episodes)
     except ConfigError as exc:
         _fail(str(exc))
     for path, what in ((candidate, "CANDIDATE"), (reference, "--reference")):

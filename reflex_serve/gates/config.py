@@ -256,6 +256,34 @@ def _read(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
+def with_sim(
+    cfg: GateConfig,
+    *,
+    suite: str | None = None,
+    tasks: list[str] | None = None,
+    episodes: int | None = None,
+) -> GateConfig:
+    """``cfg`` with a command line's ``--suite``, ``--tasks`` and ``--episodes`` over ``[sim]``.
+
+    A suite clears the task list; tasks replace the suite. The task names are checked.
+
+    Raises:
+        ConfigError: both a suite and tasks, a bad value, or an unknown task.
+    """
+    if suite is not None and tasks is not None:
+        raise ConfigError("give --suite or --tasks, not both")
+    sim: dict[str, Any] = {}
+    if suite is not None:
+        sim.update(suite=suite, tasks=[])
+    if tasks is not None:
+        sim["tasks"] = [t.strip() for t in tasks if t.strip()]
+    if episodes is not None:
+        sim["episodes"] = episodes
+    out = cfg.replace("sim", **sim) if sim else cfg
+    out.sim.task_list()
+    return out
+
+
 def load_config(path: Path | str | None = None) -> GateConfig:
     """The defaults, with ``path``'s keys (if given) on top.
 
