@@ -15,6 +15,16 @@ if command -v apt-get >/dev/null 2>&1; then
   # Mesa EGL for headless MuJoCo rendering (MUJOCO_GL=egl).
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 >/dev/null
+  # Prometheus: promtool checks and unit-tests docker/prometheus/alerts.yml, and the
+  # observability tests scrape a real server with the binary. They start their own
+  # prometheus on a free port; the package's service is kept from starting (or stopped).
+  if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -qq \
+      --no-install-recommends prometheus >/dev/null
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+      $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 $PY -m pip install -q --upgrade pip
