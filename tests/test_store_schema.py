@@ -30,6 +30,10 @@ TABLES = {
     "router_slots",
     "swaps",
     "shadow_comparisons",
+    "schedule_state",
+    "distill_runs",
+    "run_stages",
+    "run_candidates",
 }
 
 
@@ -37,7 +41,7 @@ def test_open_creates_every_table_at_the_head_revision(store_url):
     st = Store.open(store_url)
     with st.engine.connect() as conn:
         assert set(inspect(conn).get_table_names()) == TABLES
-        assert schema.current_revision(conn) == schema.head_revision() == "0003"
+        assert schema.current_revision(conn) == schema.head_revision() == "0004"
     st.close()
 
 
@@ -51,7 +55,7 @@ def test_the_migration_history_is_linear_and_runs_from_an_installed_package():
     script = ScriptDirectory.from_config(schema.alembic_config())
     revisions = list(script.walk_revisions())
     assert len(script.get_heads()) == 1
-    assert [r.revision for r in revisions] == ["0003", "0002", "0001"]
+    assert [r.revision for r in revisions] == ["0004", "0003", "0002", "0001"]
     assert all(len(r._all_down_revisions) <= 1 for r in revisions)
     assert schema.MIGRATIONS.is_dir() and not (schema.MIGRATIONS.parent / "alembic.ini").exists()
 
@@ -66,7 +70,7 @@ def test_a_store_at_an_older_revision_is_upgraded_on_open(store_url):
     st.close()
     st = Store.open(store_url)
     with st.engine.connect() as conn:
-        assert schema.current_revision(conn) == "0003"
+        assert schema.current_revision(conn) == "0004"
         assert set(inspect(conn).get_table_names()) == TABLES
     st.close()
 
@@ -91,7 +95,7 @@ def test_a_store_from_a_newer_release_is_refused_with_a_clear_message(store_url)
         Store.open(store_url)
     message = str(info.value)
     assert "schema revision '0042'" in message
-    assert "newer reflex-serve" in message and "'0003'" in message
+    assert "newer reflex-serve" in message and "'0004'" in message
     with pytest.raises(StoreError, match="0042"):
         Store.open(store_url, migrate=False)
 
@@ -100,7 +104,7 @@ def test_open_twice_is_a_no_op_upgrade(store_url):
     Store.open(store_url).close()
     st = Store.open(store_url)
     with st.engine.connect() as conn:
-        assert schema.current_revision(conn) == "0003"
+        assert schema.current_revision(conn) == "0004"
     st.close()
 
 

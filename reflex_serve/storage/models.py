@@ -20,6 +20,8 @@ Tables (see docs/data-format.md for every column)::
                          post-swap monitor's verdict, a rollback's signal and figures (0003)
     shadow_comparisons   mirrored requests: a candidate's chunk against the serving
                          version's on the same observation and noise (0003)
+    schedule_state, distill_runs, run_stages, run_candidates
+                         the self-distilling loop (0004, :mod:`.loop_models`)
 
 Arrays are stored as raw little-endian float32 bytes (``state``: (state_dim,),
 ``actions``: (chunk_size, action_dim)) next to their dimensions; times are UTC.
@@ -384,3 +386,7 @@ class ShadowComparison(Base):
     candidate_ms: Mapped[float] = mapped_column(Float)
     reference_ms: Mapped[float] = mapped_column(Float)
     shared_prefix: Mapped[bool] = mapped_column(Boolean)
+
+
+# the loop's tables live in their own module, on this metadata
+from reflex_serve.storage import loop_models as _loop_models  # noqa: E402,F401
