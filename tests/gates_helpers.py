@@ -182,6 +182,33 @@ def write_replay_store(url: str, episodes: int = 80, seed: int = 1):
     return store
 
 
+def metaworld_store(url: str, episodes: int = 20):
+    """A store of real reach-v3 observations for the shipped teacher: the first frame of
+    ``episodes`` seeded episodes (demo rows; about 10% fall in the held-out split, more
+    with a larger ``holdout_pct``). Returns the open Store."""
+    from reflex_serve.sim.env import SimEnv
+    from reflex_serve.storage.demos import write_demo_episode
+    from reflex_serve.storage.store import Store
+
+    store = Store.open(url)
+    with SimEnv("reach-v3") as env:
+        for i in range(episodes):
+            obs = env.reset(500_000 + i)
+            write_demo_episode(
+                store,
+                task="reach-v3",
+                seed=500_000 + i,
+                instruction=obs.instruction,
+                success=True,
+                cameras=["corner2"],
+                images=obs.images["corner2"][None, None],
+                state=obs.state[None],
+                action=env.expert_action()[None],
+                run_id="gates-sim",
+            )
+    return store
+
+
 def fast_config(**sections):
     """The default thresholds with small evidence sizes, and a closed-loop suite of one
     8-step episode of reach-v3 (the tiny policies never succeed: 0 vs 0)."""

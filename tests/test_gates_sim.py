@@ -18,14 +18,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np
 import pytest
-from gates_helpers import failing, fast_config
+from gates_helpers import failing, fast_config, metaworld_store
 
 from reflex_serve.assets import default_teacher
 from reflex_serve.export.manifest import STATS, read_manifest, write_manifest
 from reflex_serve.gates.runner import run_gates
-from reflex_serve.sim.env import SimEnv
-from reflex_serve.storage.demos import write_demo_episode
-from reflex_serve.storage.store import Store
 
 
 def weaker_student(out):
@@ -38,27 +35,6 @@ def weaker_student(out):
     m.num_steps = 1
     write_manifest(out, m)
     return out
-
-
-def metaworld_store(url: str, episodes: int = 20) -> Store:
-    """Real reach-v3 observations: the first frame of ``episodes`` seeded episodes."""
-    store = Store.open(url)
-    with SimEnv("reach-v3") as env:
-        for i in range(episodes):
-            obs = env.reset(500_000 + i)
-            write_demo_episode(
-                store,
-                task="reach-v3",
-                seed=500_000 + i,
-                instruction=obs.instruction,
-                success=True,
-                cameras=["corner2"],
-                images=obs.images["corner2"][None, None],
-                state=obs.state[None],
-                action=env.expert_action()[None],
-                run_id="gates-sim",
-            )
-    return store
 
 
 def test_a_weaker_student_fails_task_success_and_per_task_regression(tmp_path):
