@@ -20,6 +20,10 @@
     reflex_shadow_comparisons_total{mode}              mirrored calls compared
     reflex_shadow_divergence{mode}                     histogram of the divergence
     reflex_shadow_dropped_total                        mirrored calls dropped (queue full)
+
+Every label value of the counters and histograms above exists from the start at 0 (their
+label sets are fixed and small): ``increase()`` and ``rate()`` in alert rules see the
+first rollback or mirrored call, which a series born at 1 would hide.
 """
 
 from __future__ import annotations
@@ -32,11 +36,17 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from reflex_serve.router.monitor import SIGNALS
+
 if TYPE_CHECKING:
     from reflex_serve.router.router import VersionRouter
 
 SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 DIVERGENCE_BUCKETS = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 1, 2, 5)
+#: ``signal`` of reflex_router_rollbacks_total: the monitor's signals, or an operator.
+ROLLBACK_SIGNALS = (*SIGNALS, "operator")
+#: ``mode`` of mirrored calls: shadow traffic, or the previous version during a window.
+MIRROR_MODES = ("shadow", "monitor")
 
 
 class _RouterState(Collector):
@@ -109,6 +119,11 @@ class RouterMetrics:
                 self.swaps.labels(kind, outcome)
         for stage in ("gates", "check", "load", "warm", "store"):
             self.failures.labels(stage)
+        for signal in ROLLBACK_SIGNALS:
+            self.rollbacks.labels(signal)
+        for mode in MIRROR_MODES:
+            self.comparisons.labels(mode)
+            self.divergence.labels(mode)
 
     def bind(self, router: VersionRouter) -> None:
         """Add the scrape-time gauges of ``router``."""

@@ -12,7 +12,8 @@ Exported:
     reflex_act_stage_seconds{version,stage}                histogram: prefix / expert / total
     reflex_prefix_cache_{hits,misses,evictions}_total      counters   } read from
     reflex_prefix_cache_{bytes,entries,max_bytes}           gauges     } policy.cache.stats()
-    reflex_model_info{version,policy_kind,...}              1 per served version     } at scrape
+    reflex_model_info{version,policy_kind,...}              1 per served version     } read at
+    reflex_active_version_info{version,policy_kind,...}     1: the version on /act   } scrape
     reflex_ready                                            1 once warm-up is done   } time
     reflex_websocket_connections                            open websocket connections
 """
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from reflex_serve.server.codec import is_msgpack
@@ -63,9 +64,15 @@ def http_transport(content_type: str | None) -> str:
 class _PolicyCollector(Collector):
     """Reads model info and prefix-cache statistics at scrape time."""
 
-    def __init__(self, policies: Callable[[], Iterable[Policy]], ready: Callable[[], bool]):
+    def __init__(
+        self,
+        policies: Callable[[], Iterable[Policy]],
+        ready: Callable[[], bool],
+        active: Callable[[], Policy | None] | None = None,
+    ):
         self._policies = policies
         self._ready = ready
+        self._active = active
 
     def collect(self) -> Iterable[Metric]:
         policies = list(self._policies())
@@ -97,6 +104,19 @@ class _PolicyCollector(Collector):
                 1.0,
             )
         yield info
+        active = self._active() if self._active is not None else None
+        if active is not None:
+            m = active.manifest
+            yield InfoMetricFamily(
+                "reflex_active_version",
+                "The version answering /act (value 1; changes on a swap or rollback).",
+                value={
+                    "version": active.version,
+                    "policy_kind": m.policy_kind,
+                    "num_steps": str(active.num_steps),
+                    "parent_version": m.parent_version or "",
+                },
+            )
         yield GaugeMetricFamily(
             "reflex_ready", "1 once warm-up is done.", value=1.0 if self._ready() else 0.0
         )
@@ -127,9 +147,16 @@ class ServerMetrics:
     Args:
         policies: returns the policies currently served (read at scrape time).
         ready: returns whether warm-up is done.
+        active: returns the version answering /act (``reflex_active_version_info``);
+            None: that metric is not exported.
     """
 
-    def __init__(self, policies: Callable[[], Iterable[Policy]], ready: Callable[[], bool]):
+    def __init__(
+        self,
+        policies: Callable[[], Iterable[Policy]],
+        ready: Callable[[], bool],
+        active: Callable[[], Policy | None] | None = None,
+    ):
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "reflex_act_requests",
@@ -156,7 +183,7 @@ class ServerMetrics:
             "Open websocket connections.",
             registry=self.registry,
         )
-        self.registry.register(_PolicyCollector(policies, ready))
+        self.registry.register(_PolicyCollector(policies, ready, active))
 
     def observe_success(self, result: ActResult, transport: str, server_s: float) -> None:
         """Count one served chunk and record its latencies."""

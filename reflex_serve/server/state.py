@@ -49,6 +49,11 @@ class PolicyPicker(Protocol):
     def policies(self) -> Sequence[Policy]:
         """Every policy currently served (for warm-up, /health and /metrics)."""
 
+    @property
+    def active(self) -> Policy:
+        """The version that answers requests no canary takes (``/metrics``:
+        ``reflex_active_version_info``)."""
+
 
 class SinglePolicy:
     """A :class:`PolicyPicker` that always answers with one policy."""
@@ -61,6 +66,10 @@ class SinglePolicy:
 
     def policies(self) -> Sequence[Policy]:
         return (self.policy,)
+
+    @property
+    def active(self) -> Policy:
+        return self.policy
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,7 @@ class ServingState:
         self.hooks: list[ActHook] = list(hooks)
         self.error_hooks: list[ErrorHook] = list(error_hooks)
         self._ready = threading.Event()
-        self.metrics = ServerMetrics(picker.policies, self._ready.is_set)
+        self.metrics = ServerMetrics(picker.policies, self._ready.is_set, lambda: picker.active)
         self._executor: ThreadPoolExecutor | None = None
 
     # -- policy selection and calls -------------------------------------------------------
