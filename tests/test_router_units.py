@@ -13,7 +13,6 @@ from reflex_serve.router.monitor import (
     ComparedRateSignal,
     DivergenceSignal,
     OutcomeSignal,
-    RateSignal,
 )
 from reflex_serve.router.router import canary_bucket
 from reflex_serve.router.shadow import lower_priority
@@ -46,16 +45,23 @@ def test_the_looks_of_a_signal_never_spend_more_than_alpha():
     assert sum(look_alpha(0.01, k) for k in range(60)) < 0.01
 
 
+def errors(first_look: int, alpha: float, base_hits: int, base_n: int,
+           max_increase: float = 0.0, max_rate: float = 1.0) -> ComparedRateSignal:
+    """The errors signal: base_hits 5xx answers among the baseline's base_n calls."""
+    return ComparedRateSignal("errors", "5xx errors", first_look, alpha, base_hits, base_n,
+                              max_increase, max_rate)
+
+
 def test_a_rate_signal_is_judged_at_evidence_milestones_however_often_it_is_asked():
-    signal = RateSignal("errors", "5xx errors", 10, 0.01, base_rate=0.0, max_increase=0.0)
+    signal = errors(10, 0.01, 0, 4096)
     for _ in range(9):
         signal.add(True)
         assert signal.judge() is None  # nine bad samples, asked nine times: no look yet
     signal.add(True)
     breach = signal.judge()
     assert breach is not None and breach.figures["n"] == 10 and breach.figures["hits"] == 10
-    assert breach.figures["look"] == 0 and breach.figures["alpha"] == 0.005
-    again = RateSignal("errors", "5xx errors", 10, 0.01, base_rate=0.0, max_increase=0.0)
+    assert breach.figures["look"] == 0 and breach.figures["alpha"] == 0.0025
+    again = errors(10, 0.01, 0, 4096)
     for _ in range(10):
         again.add(True)
     assert again.judge().figures == breach.figures  # one judgement at the end: the same
@@ -65,7 +71,7 @@ def test_a_version_as_good_as_its_baseline_is_rarely_rolled_back():
     rng = np.random.default_rng(0)
     base, breaches, monitors = 0.05, 0, 200
     for _ in range(monitors):
-        signal = RateSignal("errors", "x", 20, 0.05, base_rate=base, max_increase=0.0)
+        signal = errors(20, 0.05, int(rng.binomial(400, base)), 400)
         for hit in rng.random(1280) < base:  # looks at 20, 40, ..., 1280
             signal.add(bool(hit))
         breaches += signal.judge() is not None
@@ -74,13 +80,24 @@ def test_a_version_as_good_as_its_baseline_is_rarely_rolled_back():
 
 def test_a_clearly_worse_rate_is_caught_at_the_first_look_with_enough_evidence():
     rng = np.random.default_rng(1)
-    signal = RateSignal("errors", "x", 200, 0.01, base_rate=0.001, max_increase=0.01)
+    signal = errors(200, 0.01, 4, 4096, max_increase=0.01, max_rate=0.05)
     looks = []
     for hit in rng.random(800) < 0.08:
         if signal.add(bool(hit)):
             looks.append(signal.judge())
     assert looks[0] is not None and looks[0].figures["n"] == 200
-    assert looks[0].figures["p_value"] < 0.005 and looks[0].figures["limit"] == 0.011
+    assert looks[0].figures["p_value"] < 0.0025
+    # U = the upper 99.5% bound of 4 in 4096 (0.25%), + 1 point
+    assert looks[0].figures["limit"] == pytest.approx(clopper_pearson_upper(4, 4096, 0.005) + 0.01)
+
+
+def test_errors_after_a_small_baseline_are_judged_against_the_ceiling():
+    signal = errors(200, 0.01, 0, 20, max_increase=0.01, max_rate=0.05)
+    assert signal.limit == 0.05 and signal.bound == "max_rate"  # U of 0 in 20 is 23%
+    breached, reason, _ = signal.rule(200, 5, 0.0025)  # 2.5%: within the ceiling
+    assert not breached
+    breached, reason, figures = signal.rule(200, 25, 0.0025)  # 12.5%
+    assert breached and "ceiling max_rate" in reason and figures["baseline_n"] == 20
 
 
 def test_the_upper_bound_of_a_baseline_rate_matches_values_computed_by_hand():

@@ -55,15 +55,18 @@ class MonitorConfig:
 
 @dataclass(frozen=True)
 class ErrorsRule:
-    """Breach: more 5xx answers than a share of baseline + max_increase allows (exact
-    one-sided binomial test)."""
+    """Breach: more 5xx answers than a share of min(max_rate, U + max_increase) allows
+    (exact one-sided binomial test), U the baseline's exact upper confidence bound: the
+    action-limits rule (:class:`ActionLimitsRule`) applied to errors."""
 
     min_requests: int = 200
     max_increase: float = 0.01
+    max_rate: float = 0.05
 
     def __post_init__(self) -> None:
         _require(self.min_requests >= 1, "errors.min_requests", "must be >= 1")
         _require(0 <= self.max_increase < 1, "errors.max_increase", "must be in [0, 1)")
+        _require(0 < self.max_rate <= 1, "errors.max_rate", "must be in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,17 @@
 Five signals (docs/router.md has the rules and their defaults):
 
     errors            5xx share of the new version's /act calls      exact binomial test
-    latency_p99       server time above max(ratio x p99, p99 + d)    exact binomial test
-    action_limits     chunks with a value outside the action limits  exact binomial test
                       against the baseline's upper confidence bound, capped by a ceiling
+    latency_p99       server time above max(ratio x p99, p99 + d)    exact binomial test
+    action_limits     chunks with a value outside the action limits  as errors
     divergence        new vs previous on mirrored calls (same noise) confidence bound vs limit
     episode_success   reported outcomes of episodes it served alone  two-proportion z-test
 
 Each signal is judged only at evidence milestones (m, 2m, 4m, ... samples, on exactly
 that many), at significance alpha/2, alpha/4, ... (:mod:`.stats`), so a decision depends
-on the evidence and never on how often the monitor thread wakes up (action_limits
-spends half of alpha on its baseline's confidence bound, and alpha/4, alpha/8, ... on
-its looks). Counting is O(1) per call on the event loop; a milestone wakes the monitor
+on the evidence and never on how often the monitor thread wakes up (errors and
+action_limits spend half of alpha on their baseline's confidence bound, and alpha/4,
+alpha/8, ... on their looks). Counting is O(1) per call on the event loop; a milestone wakes the monitor
 thread at once.
 """
 
@@ -102,39 +102,9 @@ class Signal:
                 "disabled": self.disabled, "last_look": self.last}
 
 
-class RateSignal(Signal):
-    """A share of bad samples (5xx errors): breach when there are more of them than a
-    rate of baseline + ``max_increase`` allows: P(Binomial(n, limit) >= k) < alpha (the
-    baseline's share taken as it was measured; with a limit of 0, one bad sample is
-    enough)."""
-
-    def __init__(self, name: str, what: str, first_look: int, alpha: float, base_rate: float,
-                 max_increase: float) -> None:
-        super().__init__(first_look, alpha)
-        self.name, self.what = name, what
-        self.base_rate, self.max_increase = base_rate, max_increase
-        self.hits = 0
-
-    def add(self, hit: bool) -> bool:
-        with self._lock:
-            self.hits += bool(hit)
-            return self._count(self.hits)
-
-    def rule(self, n: int, hits: int, alpha: float) -> tuple[bool, str, dict[str, Any]]:
-        limit = min(1.0, self.base_rate + self.max_increase)
-        p = binom_sf(hits, n, limit)
-        figures = {"hits": hits, "rate": hits / n, "baseline_rate": self.base_rate,
-                   "limit": limit, "p_value": p,
-                   "lower_bound": wilson_lower(hits, n, z_for(alpha))}
-        reason = (f"{self.what}: {hits} of {n} ({hits / n:.2%}) against a limit of "
-                  f"{limit:.2%} (baseline {self.base_rate:.2%} + {self.max_increase:.2%}); "
-                  f"p = {p:.2g} < {alpha:.2g}")
-        return p < alpha, reason, figures
-
-
 class ComparedRateSignal(Signal):
-    """A share of bad samples (chunks outside the action limits) against the previous
-    version's share, with the evidence of both sides and an absolute ceiling.
+    """A share of bad samples (5xx errors, chunks outside the action limits) against the
+    previous version's share, with the evidence of both sides and an absolute ceiling.
 
     The baseline's share is known only from its ``base_n`` samples: half of ``alpha``
     goes to its exact upper confidence bound ``upper`` (Clopper-Pearson), the other half
@@ -310,8 +280,9 @@ class Monitor:
         self.started_at, self.until, self._wake = started_at, until, wake
         self._outcomes = outcomes
         alpha = config.monitor.alpha
-        self.errors = RateSignal("errors", "5xx errors", config.errors.min_requests, alpha,
-                                 baseline.error_rate, config.errors.max_increase)
+        self.errors = ComparedRateSignal(
+            "errors", "5xx errors", config.errors.min_requests, alpha, baseline.errors,
+            baseline.requests, config.errors.max_increase, config.errors.max_rate)
         self.action_limits = ComparedRateSignal(
             "action_limits", f"chunks outside the action limits ({limits.source})",
             config.action_limits.min_chunks, alpha, baseline.violations, baseline.chunks,
