@@ -99,6 +99,8 @@ class _WriterMetrics:
             ["reason"],
             registry=registry,
         )
+        for reason in ("invalid", "store"):  # at 0 from the start: increase() sees the first
+            self.failed.labels(reason)
         self.depth = Gauge(
             "reflex_collect_queue_depth", "Records waiting to be written.", registry=registry
         )
