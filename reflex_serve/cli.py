@@ -13,6 +13,7 @@ import typer
 from .distill.cli import distill_cmd
 from .export.cli import validate_app
 from .gates.cli import gates_app
+from .loop.candidates_cli import derive_cmd
 from .router.cli import models_app
 from .sim.cli import sim_app
 from .storage.cli import data_app
@@ -27,6 +28,7 @@ app.add_typer(validate_app, name="validate")
 app.add_typer(gates_app, name="gates")
 app.add_typer(models_app, name="models")
 train_app.command("distill")(distill_cmd)
+models_app.command("derive")(derive_cmd)
 
 ExportArg = Annotated[Path | None, typer.Argument(
     help="Export directory (default: the shipped MetaWorld teacher).", show_default=False)]
