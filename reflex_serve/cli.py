@@ -14,6 +14,7 @@ from .distill.cli import distill_cmd
 from .export.cli import validate_app
 from .gates.cli import gates_app
 from .loop.candidates_cli import derive_cmd
+from .loop.cli import loop_settings, runs_app
 from .router.cli import models_app
 from .sim.cli import sim_app
 from .storage.cli import data_app
@@ -27,6 +28,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(validate_app, name="validate")
 app.add_typer(gates_app, name="gates")
 app.add_typer(models_app, name="models")
+app.add_typer(runs_app, name="runs")
 train_app.command("distill")(distill_cmd)
 models_app.command("derive")(derive_cmd)
 
@@ -200,6 +202,12 @@ def serve_cmd(
     admin_key: Annotated[str | None, typer.Option(envvar="REFLEX_ADMIN_KEY", help="Run the versioning router; its admin API (/admin, reflex models) needs 'Authorization: Bearer KEY'. Must differ from --api-key.")] = None,
     monitor_window: Annotated[str | None, typer.Option(help="Post-swap monitoring window, e.g. 24h, 30m, 20s (default 24h; needs --admin-key).")] = None,
     router_config: Annotated[Path | None, typer.Option(help="TOML file of router rules on top of the defaults (docs/router.md; needs --admin-key).")] = None,
+    distill_schedule: Annotated[str | None, typer.Option(help="Run the self-distilling loop (docs/loop.md): nightly, 'every 6h', or a cron expression '0 3 * * *'. Needs --collect-data.")] = None,
+    distill_at: Annotated[str | None, typer.Option(help="Time of day HH:MM of --distill-schedule nightly (default 02:00, local time).")] = None,
+    min_new_samples: Annotated[int | None, typer.Option(min=0, help="Skip a due run with fewer new served rows since the last successful run.")] = None,
+    distill_threads: Annotated[int | None, typer.Option(min=1, help="Threads of the distill worker process (default 1).")] = None,
+    distill_steps: Annotated[int | None, typer.Option(min=1, help="Training steps of the SnapFlow student (default 10000).")] = None,
+    loop_config: Annotated[Path | None, typer.Option(help="TOML file of the loop's other settings (docs/loop.md).")] = None,
 ) -> None:
     """Serve a policy: POST /act (JSON or msgpack), the openpi websocket, /health, /metrics;
     with --admin-key, the versioning router and its admin API."""
@@ -216,6 +224,12 @@ def serve_cmd(
                                  writer=WriterConfig(queue_size=collect_queue, flush_interval_s=collect_flush_s))
     elif hash_instructions or no_images or ((store or data_dir) and admin_key is None):
         raise typer.BadParameter("needs --collect-data", param_hint="--store/--data-dir/--hash-instructions/--no-images")
+    loop = loop_settings(distill_schedule, distill_at, min_new_samples, distill_threads, distill_steps,
+                         loop_config, collect_data=collect_data)
+    if loop is not None and admin_key is None:
+        from .server.cli import generated_admin_key
+
+        admin_key = generated_admin_key()
     config = router_settings(admin_key, api_key, monitor_window, router_config)
     from .router.errors import RouterError
     from .storage.engine import StoreError
@@ -223,7 +237,8 @@ def serve_cmd(
     try:
         serve(resolve_export(export_dir), host=host, port=port, api_key=api_key, num_steps=num_steps,
               threads=threads, workers=workers, cache_mb=cache_mb, max_body_mb=max_body_mb, log_level=log_level,
-              collect=collect, admin_key=admin_key, router_config=config, store=store, data_dir=data_dir)
+              collect=collect, admin_key=admin_key, router_config=config, store=store, data_dir=data_dir,
+              distill=loop)
     except StoreError as exc:
         fail(str(exc))
     except RouterError as exc:

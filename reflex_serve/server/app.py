@@ -10,6 +10,7 @@ Routes (one router per concern, in :mod:`reflex_serve.server.routes`):
     GET  /openapi.json   the contract: request, response and error models
     POST /v1/episodes/{episode_id}/outcome   with data collection only       [API key]
     /admin/...           the versioning router's admin API, with a router   [admin key]
+    /admin/distill/...   the self-distilling loop's runs, with a loop       [admin key]
 
 Routers find everything through :func:`reflex_serve.server.state.get_state`.
 """
@@ -34,6 +35,7 @@ from reflex_serve.server.settings import ServerSettings
 from reflex_serve.server.state import ActHook, PolicyPicker, ServingState, SinglePolicy
 
 if TYPE_CHECKING:
+    from reflex_serve.loop.scheduler import DistillLoop
     from reflex_serve.router.promote import Controller
     from reflex_serve.runtime.policy import Policy
     from reflex_serve.storage.collector import DataCollector
@@ -49,6 +51,7 @@ def create_app(
     hooks: Sequence[ActHook] = (),
     collector: DataCollector | None = None,
     router: Controller | None = None,
+    distill: DistillLoop | None = None,
 ) -> FastAPI:
     """Build the serving app for one policy (or for a custom ``picker``).
 
@@ -62,6 +65,9 @@ def create_app(
         collector: log every served call into a store (``--collect-data``).
         router: the versioning router (:func:`reflex_serve.router.open_router`): it
             picks the version of each request, and the admin API is mounted.
+        distill: the self-distilling loop (:class:`~reflex_serve.loop.scheduler.DistillLoop`,
+            needs ``router``): started and stopped with the app; ``/admin/distill`` is
+            mounted.
 
     On startup the app warms the served policies in a background thread
     (``settings.warmup_iters`` calls each) and ``/health`` answers 503 until that is done;
@@ -87,8 +93,11 @@ def create_app(
     gate_store = collector.store if collector is not None else getattr(router, "store", None)
     if gate_store is not None:  # the latest gate results, read from the store at scrape time
         from reflex_serve.gates.metrics import GateCollector
+        from reflex_serve.loop.metrics import DistillCollector
 
         state.metrics.registry.register(GateCollector(gate_store))
+        state.metrics.registry.register(DistillCollector(
+            gate_store, distill.config.schedule_name if distill is not None else "distill"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -96,11 +105,15 @@ def create_app(
             collector.start(picker.policies())
         if router is not None:
             router.start()
+        if distill is not None:
+            distill.start()
         warm = asyncio.get_running_loop().run_in_executor(None, state.warm_up)
         try:
             yield
         finally:
             await warm
+            if distill is not None:
+                await asyncio.get_running_loop().run_in_executor(None, distill.close)
             if router is not None:
                 await asyncio.get_running_loop().run_in_executor(None, router.close)
             state.close()
@@ -116,6 +129,7 @@ def create_app(
     app.state.reflex = state
     app.state.collector = collector
     app.state.router = router
+    app.state.distill = distill
     install_error_handlers(app)
     auth = [Depends(require_api_key)] if settings.api_key else []
     app.include_router(act.router, dependencies=auth)
@@ -130,6 +144,12 @@ def create_app(
         from reflex_serve.server.routes import admin
 
         app.include_router(admin.router, dependencies=[Depends(require_admin_key)])
+    if distill is not None:
+        if router is None:
+            raise ValueError("the distill loop needs the versioning router (an admin key)")
+        from reflex_serve.server.routes import distill as distill_routes
+
+        app.include_router(distill_routes.router, dependencies=[Depends(require_admin_key)])
     _document_request_models(app)
     return app
 

@@ -20,6 +20,7 @@ from reflex_serve.server.settings import MIB, ServerSettings
 from reflex_serve.server.state import ActHook
 
 if TYPE_CHECKING:
+    from reflex_serve.loop.config import LoopConfig
     from reflex_serve.router.config import RouterConfig
     from reflex_serve.storage.collector import CollectOptions
 
@@ -44,6 +45,7 @@ def serve(
     router_config: RouterConfig | None = None,
     store: str | None = None,
     data_dir: Path | None = None,
+    distill: LoopConfig | None = None,
 ) -> None:
     """Serve ``export_dir`` over HTTP (``/act``, ``/health``, ``/metrics``) and websocket.
 
@@ -71,6 +73,9 @@ def serve(
             of ``export_dir``.
         router_config: the router's rules (defaults if None).
         store, data_dir: the router's store when there is no ``collect``.
+        distill: run the self-distilling loop (docs/loop.md) with these settings; needs
+            ``collect`` (it distills the traffic collected here) and ``admin_key`` (its
+            worker promotes through the admin API; see :func:`generated_admin_key`).
 
     Raises:
         ExportError: if ``export_dir`` is not a valid export.
@@ -93,7 +98,12 @@ def serve(
         act_workers=workers,
         admin_key=admin_key,
     )
-    collector = controller = opened = None
+    collector = controller = opened = loop = None
+    if distill is not None:
+        if collect is None:
+            raise ValueError("the distill loop needs data collection (--collect-data)")
+        if admin_key is None:
+            raise ValueError("the distill loop needs an admin key (see generated_admin_key)")
     if collect is not None:
         from reflex_serve.storage.collector import DataCollector
 
@@ -114,10 +124,19 @@ def serve(
                     st.close()
             raise
         policy = controller.router.active
-    app = create_app(policy, settings, hooks=hooks, collector=collector, router=controller)
+    if distill is not None:
+        from reflex_serve.loop.scheduler import DistillLoop
+
+        active = controller.router
+        loop = DistillLoop(collector.store, distill, admin_key=admin_key,
+                           teacher=lambda: (active.active.version, active.active.export_dir))
+    app = create_app(policy, settings, hooks=hooks, collector=collector, router=controller,
+                     distill=loop)
     sock = bind_socket(host, port)
     bound_port = sock.getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host
+    if loop is not None:
+        loop.server_url = f"http://{loopback_host(host)}:{bound_port}"
     m = policy.manifest
     admin = "; admin API at /admin" if controller is not None else ""
     print(
@@ -138,6 +157,27 @@ def serve(
         if opened is not None:
             opened.close()
     print("reflex-serve: stopped", flush=True)
+
+
+def generated_admin_key() -> str:
+    """A random admin key for a loop started without ``--admin-key``: the admin API is
+    then open to the loop's worker only (it gets the key in its environment)."""
+    import secrets
+    import sys
+
+    print("reflex-serve: --distill-schedule without --admin-key: the admin API is enabled "
+          "with a generated key that only the distill worker knows", file=sys.stderr,
+          flush=True)
+    return secrets.token_urlsafe(32)
+
+
+def loopback_host(host: str) -> str:
+    """How a process on this machine reaches a server bound to ``host``."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _run_until_signal(server: uvicorn.Server, sock) -> None:
