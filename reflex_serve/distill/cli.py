@@ -13,6 +13,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from . import DEFAULT_LAMBDA
+
 RUNTIMES = ("local",)
 
 
@@ -76,8 +78,11 @@ def distill_cmd(
         float, typer.Option(min=0.0, max=1.0, help="Weight of the flow-matching term.")
     ] = 0.5,
     lam: Annotated[
-        float, typer.Option("--lambda", min=0.0, help="Scale of the consistency term.")
-    ] = 0.1,
+        float,
+        typer.Option(
+            "--lambda", min=0.0, help="Scale of the consistency term (the paper's is 0.1)."
+        ),
+    ] = DEFAULT_LAMBDA,
     objective: Annotated[
         str,
         typer.Option(

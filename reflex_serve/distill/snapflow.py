@@ -14,7 +14,7 @@ teacher. Two kinds of samples share one batch:
       L_cons = || F(x1, s=0, t=1) - target ||^2
 
 Total ``alpha * L_FM + (1 - alpha) * lambda * L_cons`` (paper defaults alpha = 0.5,
-lambda = 0.1). One-NFE inference is ``a = x1 - F(x1, s=0, t=1)``.
+lambda = 0.1; this project's default lambda is 1.0, see :data:`DEFAULT_LAMBDA`). One-NFE inference is ``a = x1 - F(x1, s=0, t=1)``.
 
 The ``trajectory`` objective instead regresses the 1-step output on the frozen teacher's
 full N-step Euler result from the same noise: ``|| F(x1, 0, 1) - (x1 - a_teacher) ||^2``.
@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..policy.flow import euler_schedule, interpolate, sample_time
+from . import DEFAULT_LAMBDA
 
 OBJECTIVES = ("snapflow", "trajectory")
 
@@ -45,14 +46,15 @@ class SnapFlowConfig:
     Attributes:
         mix_ratio: fraction of each batch used as consistency samples (0..1).
         alpha: weight of the flow-matching term; (1 - alpha) * lam weighs consistency.
-        lam: lambda, the consistency (or trajectory) scale, >= 0.
+        lam: lambda, the consistency (or trajectory) scale, >= 0 (:data:`DEFAULT_LAMBDA`;
+            the paper's is 0.1).
         objective: ``"snapflow"`` or ``"trajectory"``.
         teacher_steps: N of the teacher's Euler integration (trajectory objective).
     """
 
     mix_ratio: float = 0.5
     alpha: float = 0.5
-    lam: float = 0.1
+    lam: float = DEFAULT_LAMBDA
     objective: str = "snapflow"
     teacher_steps: int = 10
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..export.manifest import PREFIX_ONNX, Manifest
 from ..policy.training import CHECKPOINT, LOG, LoopConfig, run_loop
+from . import DEFAULT_LAMBDA
 from .data import DistillData
 from .prefix import PrefixFeatures
 from .snapflow import OBJECTIVES, SnapFlowConfig, snapflow_loss
@@ -81,7 +82,7 @@ class DistillConfig:
     lr: float = 1e-4
     mix_ratio: float = 0.5
     alpha: float = 0.5
-    lam: float = 0.1
+    lam: float = DEFAULT_LAMBDA
     objective: str = "snapflow"
     train_prefix: bool = False
     seed: int = 0
