@@ -55,6 +55,31 @@ def exit_reason(returncode: int) -> str:
     return f"worker exited with status {returncode}"
 
 
+def resolve_teacher(store: Store, version: str, export_dir: Path) -> tuple[str, Path]:
+    """The flow-matching teacher behind the version served now: the version itself when
+    it is one; for a distilled student (``target_time`` not ``instantaneous``) or a
+    teacher at fewer steps (provenance ``teacher-steps``), its parent, followed up the
+    ``parent_version`` chain through the store's registered locations. Falls back to
+    the served version when a parent is unknown or has no location here."""
+    from reflex_serve.export.manifest import read_manifest
+    from reflex_serve.storage.gate_runs import find_version
+
+    seen: set[str] = set()
+    manifest = read_manifest(export_dir)
+    while (manifest.target_time != "instantaneous"
+           or manifest.provenance.get("kind") == "teacher-steps"):
+        parent = manifest.parent_version
+        row = find_version(store, parent) if parent and parent not in seen else None
+        if row is None or not row.location or not Path(row.location).is_dir():
+            log.warning("the teacher of %s is not registered with a location; distilling "
+                        "from %s itself", manifest.version, manifest.version)
+            break
+        seen.add(parent)
+        version, export_dir = row.version, Path(row.location)
+        manifest = read_manifest(export_dir)
+    return version, Path(export_dir)
+
+
 class DistillLoop:
     """The loop of one serving process.
 
@@ -139,7 +164,7 @@ class DistillLoop:
             return None
         run_id = runs.claim_queued(self.store, self.replica, now)
         if run_id is None and self.schedule is not None:
-            version, _ = self.teacher()
+            version, _ = resolve_teacher(self.store, *self.teacher())
             claim = runs.claim_due(
                 self.store, self.config.schedule_name, now, self.schedule.next_after(now),
                 host=self.replica, stale_before=self._stale_before(now),
@@ -178,11 +203,12 @@ class DistillLoop:
         return True
 
     def _spawn(self, run_id: str, now) -> None:
-        version, teacher_dir = self.teacher()
+        version, teacher_dir = resolve_teacher(self.store, *self.teacher())
         run_dir = (self.config.work_dir / run_id).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         self.config.save(run_dir / "config.json")
         runs.update_run(self.store, run_id, teacher_version=version, data_until=now,
+                        heartbeat_at=utcnow(),
                         summary={"teacher_dir": str(Path(teacher_dir).resolve()),
                                  "run_dir": str(run_dir)})
         threads = str(self.config.threads)

@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     from reflex_serve.loop.config import LoopConfig
     from reflex_serve.loop.pipeline import RunContext, run_pipeline
     from reflex_serve.storage import distill_runs as runs
+    from reflex_serve.storage.models import utcnow
     from reflex_serve.storage.store import Store
 
     config = LoopConfig.read(args.run_dir / "config.json")
-    limit_threads(config.threads, config.nice)
     url = os.environ.get(STORE_ENV)
     if not url:
         print(f"error: {STORE_ENV} is not set", file=sys.stderr)
@@ -77,10 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: run {args.run_id} is not running: {run and run['status']}",
               file=sys.stderr)
         return 2
-    runs.update_run(store, args.run_id, worker_pid=os.getpid())
+    # alive first, then the slow imports (torch) under the thread budget
+    runs.update_run(store, args.run_id, worker_pid=os.getpid(), heartbeat_at=utcnow())
     stop = threading.Event()
     threading.Thread(target=_heartbeat, args=(store, args.run_id, config.heartbeat_s, stop),
                      daemon=True, name="heartbeat").start()
+    limit_threads(config.threads, config.nice)
     admin = AdminClient.from_env()
     summary = run["summary"]
     ctx = RunContext(
