@@ -33,6 +33,7 @@ from reflex_serve.export.manifest import (
     write_manifest,
 )
 from reflex_serve.gates.evidence import synthetic_observations
+from reflex_serve.gates.results import GateResult
 from reflex_serve.loop.candidates import (
     CandidateError,
     CandidateSpec,
@@ -41,7 +42,7 @@ from reflex_serve.loop.candidates import (
     gate_candidates,
     teacher_at_steps,
 )
-from reflex_serve.loop.choice import Gated, choose
+from reflex_serve.loop.choice import Gated, choose, describe_failure
 from reflex_serve.runtime.cache import PrefixCache
 from reflex_serve.runtime.policy import Policy
 from reflex_serve.storage.gate_runs import latest_gate_runs
@@ -176,6 +177,19 @@ def test_choice_rules_fastest_then_nfe_then_agreement():
     assert [v for v, _ in choose(same_nfe, 0.05)] == ["kept", "chosen"]
     assert "P3 relative energy 0.3 against 0.2" in choose(same_nfe, 0.05)[0][1]
     assert choose([_gated("a", 1, 0.3, passed=False)], 0.05) == [("refused", "failed P3 x")]
+
+
+def test_a_refusal_names_each_gate_with_its_value_or_why_it_was_not_evaluated():
+    p3 = GateResult.make("P3", "<=", 0.5, 1.3095, 256, "fail", "relative energy 1.310 > 0.5")
+    p1 = GateResult.make("P1", ">=", 0.95, 0.7225, 10, "not_evaluated", "10 episodes cannot")
+    s1 = GateResult.make("S1", "==", 0, None, 0, "not_evaluated", "no replay observations")
+    assert describe_failure(p3) == (
+        "P3 action_agreement 1.31 (needs <= 0.5): relative energy 1.310 > 0.5"
+    )
+    assert describe_failure(p1) == "P1 task_success not evaluated: 10 episodes cannot"
+    assert describe_failure(s1) == (
+        "S1 finite failed: cannot be evaluated, so it fails: no replay observations"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..gates.results import PASS, GateReport, GateResult
+from ..gates.results import NOT_EVALUATED, PASS, GateReport, GateResult
 
 CHOSEN, KEPT, REFUSED = "chosen", "kept", "refused"
 
@@ -20,12 +20,14 @@ def _num(x: float) -> str:
 
 
 def describe_failure(r: GateResult) -> str:
-    """``P3 action_agreement 0.893 (needs <= 0.5): relative energy 0.893 > 0.5``, or
-    ``P1 task_success not evaluated: ...`` for a gate that did not pass."""
+    """One gate that did not pass, for a reason line:
+    ``P3 action_agreement 1.31 (needs <= 0.5): relative energy 1.310 > 0.5``, or
+    ``P1 task_success not evaluated: 10 episodes cannot show ...``."""
     head = f"{r.gate} {r.name}"
-    if r.verdict != PASS and r.value is None:
-        word = "not evaluated" if r.verdict == "not_evaluated" else "failed"
-        return f"{head} {word}: {r.detail}"
+    if r.verdict == NOT_EVALUATED:
+        return f"{head} not evaluated: {r.detail}"
+    if r.value is None:
+        return f"{head} failed: {r.detail}"
     needs = f" (needs {r.comparison} {_num(r.threshold)})" if r.threshold is not None else ""
     return f"{head} {_num(r.value)}{needs}: {r.detail}"
 
