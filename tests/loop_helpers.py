@@ -7,6 +7,9 @@ whose loop starts real worker processes; the teacher is the shipped MetaWorld te
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -98,3 +101,20 @@ def wait_run(store_url: str, predicate, timeout_s: float = 120.0, interval_s: fl
 def finished(rows: list[dict]) -> dict | None:
     """The newest run that ended succeeded, refused or failed."""
     return next((r for r in rows if r["status"] in ("succeeded", "refused", "failed")), None)
+
+
+def stop(proc) -> str:
+    """SIGTERM a server (SIGKILL after 30 s); its stderr."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    return proc.stderr.read()
+
+
+def runs_show(store_url: str, run_id: str) -> subprocess.CompletedProcess:
+    """``reflex runs show`` of a run (by a 10-character prefix of its id)."""
+    return subprocess.run([sys.executable, "-m", "reflex_serve.cli", "runs", "show", run_id[:10],
+                           "--store", store_url], check=False, capture_output=True, text=True,
+                          timeout=60)
