@@ -176,7 +176,9 @@ def test_choice_rules_fastest_then_nfe_then_agreement():
     same_nfe = [_gated("a", 1, 0.42, energy=0.3), _gated("b", 1, 0.41, energy=0.2)]
     assert [v for v, _ in choose(same_nfe, 0.05)] == ["kept", "chosen"]
     assert "P3 relative energy 0.3 against 0.2" in choose(same_nfe, 0.05)[0][1]
-    assert choose([_gated("a", 1, 0.3, passed=False)], 0.05) == [("refused", "failed P3 x")]
+    assert choose([_gated("a", 1, 0.3, passed=False)], 0.05) == [
+        ("refused", "gates not passed: P3 x")
+    ]
 
 
 def test_a_refusal_names_each_gate_with_its_value_or_why_it_was_not_evaluated():
@@ -222,10 +224,10 @@ def test_the_fastest_candidate_that_passes_all_nine_is_chosen(gated):
     assert [o.spec for o in gated.outcomes] == gated.specs
     # one Euler step returns about the mean action: its samples are not the teacher's
     assert by["teacher@1"].verdict == "refused" and not by["teacher@1"].passed, table
-    assert by["teacher@1"].reason.startswith("failed P3 action_agreement "), table
+    assert by["teacher@1"].reason.startswith("gates not passed: P3 action_agreement "), table
     assert by["teacher@2"].passed, table
     assert by["padded@2"].verdict == "refused", table
-    assert by["padded@2"].reason.startswith("failed P6 resources ") and "P3" not in (
+    assert by["padded@2"].reason.startswith("gates not passed: P6 resources ") and "P3" not in (
         by["padded@2"].reason
     )
     assert by["six-d"].verdict == "refused" and by["six-d"].gate_run_id is None

@@ -115,7 +115,7 @@ def choose(gated: list[Gated], tie_within: float) -> list[tuple[str, str]]:
             out.append((REFUSED, f"the gates could not run: {g.error}"))
         elif not g.passed or g.p50_ratio is None:
             failures = "; ".join(g.failures) or "P4 latency_speedup not measured"
-            out.append((REFUSED, f"failed {failures}"))
+            out.append((REFUSED, f"gates not passed: {failures}"))
         elif g is best:
             others = [f"{o.name} {_ratio(o)}" for o in passed if o is not g]
             tail = (
