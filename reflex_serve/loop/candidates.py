@@ -41,7 +41,7 @@ from ..export.manifest import (
     read_manifest,
     write_manifest,
 )
-from ..gates.config import GateConfig, load_config, with_sim
+from ..gates.config import ConfigError, GateConfig, load_config, with_sim
 from .choice import CHOSEN, KEPT, REFUSED  # noqa: F401 (the verdicts, re-exported)
 
 TEACHER_STEPS, STUDENT = "teacher-steps", "student"
@@ -147,8 +147,6 @@ class GateOptions:
             ConfigError: a bad file, both ``config`` and ``config_path``, both a suite
                 and tasks, or an unknown task.
         """
-        from ..gates.config import ConfigError
-
         if self.config is not None and self.config_path is not None:
             raise ConfigError("give a config or a config path, not both")
         base = self.config if self.config is not None else load_config(self.config_path)
