@@ -116,7 +116,10 @@ class ServingState:
         self.hooks: list[ActHook] = list(hooks)
         self.error_hooks: list[ErrorHook] = list(error_hooks)
         self._ready = threading.Event()
-        self.metrics = ServerMetrics(picker.policies, self._ready.is_set, lambda: picker.active)
+        # a picker without ``active`` exports no reflex_active_version_info
+        self.metrics = ServerMetrics(
+            picker.policies, self._ready.is_set, lambda: getattr(picker, "active", None)
+        )
         self._executor: ThreadPoolExecutor | None = None
 
     # -- policy selection and calls -------------------------------------------------------
