@@ -17,10 +17,19 @@ if command -v apt-get >/dev/null 2>&1; then
     libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 >/dev/null
   # Prometheus: promtool checks and unit-tests docker/prometheus/alerts.yml, and the
   # observability tests scrape a real server with the binary. They start their own
-  # prometheus on a free port; the package's service is kept from starting (or stopped).
+  # prometheus on a free port, so the package's service must not hold :9090: a
+  # policy-rc.d that denies service starts (Debian's mechanism) covers the install, and
+  # on a systemd machine the unit is disabled.
   if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -qq \
-      --no-install-recommends prometheus >/dev/null
+    deny_starts=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+      $SUDO chmod 755 /usr/sbin/policy-rc.d
+      deny_starts=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+      prometheus >/dev/null
+    if [ -n "$deny_starts" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
       $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
     fi
