@@ -30,7 +30,6 @@ from observability_helpers import (
     dashboard_exprs,
     grafana_promql,
     loop_exports_distill_metrics,
-    metric_names,
     rule_exprs,
     sample_names,
     used_metric_names,
@@ -171,19 +170,6 @@ def split_used() -> tuple[set[str], set[str]]:
     own series left out)."""
     used = set(used_metric_names()) - PROMETHEUS_OWN
     return used - DISTILL_METRICS, used & DISTILL_METRICS
-
-
-def test_metric_names_reads_selectors_only():
-    expr = ('histogram_quantile(0.99, sum by (version, le) (rate(a_bucket{le="0.1", '
-            'version=~"v.*"}[5m]))) / on (version) group_left b_total > bool time() '
-            'and label_replace(c, "x", "$1", "y", "(.*)") or vector(1)')
-    assert metric_names(expr) == {"a_bucket", "b_total", "c"}
-    assert grafana_promql("label_values(reflex_act_latency_seconds_count, version)") == (
-        "reflex_act_latency_seconds_count")
-    assert metric_names(grafana_promql(
-        "rate(x_total{version=~\"$version\"}[$__rate_interval])")) == {"x_total"}
-    with pytest.raises(ValueError, match="without a metric name"):
-        metric_names('{version="v1"}')
 
 
 def test_prometheus_holds_every_serving_metric_the_rules_and_dashboard_use(stack):

@@ -11,7 +11,15 @@ import subprocess
 
 import pytest
 import yaml
-from observability_helpers import ALERTS, ALERTS_TEST, REPO, rule_exprs
+from observability_helpers import (
+    ALERTS,
+    ALERTS_TEST,
+    REPO,
+    grafana_promql,
+    metric_names,
+    rule_exprs,
+    used_metric_names,
+)
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
@@ -88,3 +96,31 @@ def test_every_alert_tells_the_operator_what_happened_and_where_to_read_on():
             f"{name}: the description names no command to run")
         assert notes["runbook"] == f"docs/operations.md#{name.lower()}", name
         assert name.lower() in headings, f"docs/operations.md has no section {name}"
+
+
+def test_metric_names_reads_selectors_only():
+    expr = ('histogram_quantile(0.99, sum by (version, le) (rate(a_bucket{le="0.1", '
+            'version=~"v.*"}[5m]))) / on (version) group_left b_total > bool time() '
+            'and label_replace(c, "x", "$1", "y", "(.*)") or vector(1)')
+    assert metric_names(expr) == {"a_bucket", "b_total", "c"}
+    assert grafana_promql("label_values(reflex_act_latency_seconds_count, version)") == (
+        "reflex_act_latency_seconds_count")
+    assert metric_names(grafana_promql(
+        "rate(x_total{version=~\"$version\"}[$__rate_interval])")) == {"x_total"}
+    with pytest.raises(ValueError, match="without a metric name"):
+        metric_names('{version="v1"}')
+
+
+def test_the_rules_and_dashboard_use_the_metrics_an_operator_watches():
+    used = used_metric_names()
+    for name in ("reflex_active_version_info", "reflex_act_latency_seconds_bucket",
+                 "reflex_gate_passed", "reflex_router_swaps_total",
+                 "reflex_router_rollbacks_total", "reflex_collect_queue_depth",
+                 "reflex_collect_dropped_total", "reflex_prefix_cache_hits_total",
+                 "reflex_distill_runs_total", "reflex_distill_run_duration_seconds_sum",
+                 "reflex_monitor_window_remaining_seconds", "reflex_shadow_divergence_bucket"):
+        assert any(w.startswith("dashboard: ") for w in used.get(name, [])), name
+    for name in ("reflex_gate_passed", "reflex_router_rollbacks_total",
+                 "reflex_act_latency_seconds_bucket", "reflex_collect_dropped_total",
+                 "reflex_distill_runs_total"):
+        assert any(w.startswith("alerts.yml: ") for w in used[name]), name
