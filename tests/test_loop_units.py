@@ -3,6 +3,7 @@ claim and run records on both backends, and the metrics read from the store."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -242,3 +243,29 @@ def test_metrics_are_read_from_the_store(store):
     assert metric(text, "reflex_distill_last_run_timestamp_seconds", result="refused") == \
         pytest.approx(datetime.fromisoformat(rec["finished_at"]).timestamp())
     assert metric(text, "reflex_distill_runs_total", result="succeeded") == 0
+
+
+def test_replicas_racing_for_one_due_time_start_one_run(store):
+    """Eight replicas (one engine each) claim the same due run at once: one wins."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reflex_serve.storage.store import Store
+
+    t0 = NOON.replace(microsecond=0)
+    runs.ensure_schedule(store, "distill", "every 1m", t0)
+    replicas = [Store.open(store.url, migrate=False) for _ in range(8)]
+    barrier = threading.Barrier(len(replicas))
+
+    def race(st):
+        barrier.wait()
+        return claim(st, t0 + timedelta(seconds=5))
+
+    try:
+        with ThreadPoolExecutor(len(replicas)) as pool:
+            claims = list(pool.map(race, replicas))
+    finally:
+        for st in replicas:
+            st.close()
+    won = [c for c in claims if c is not None]
+    assert len(won) == 1
+    assert [r["id"] for r in runs.list_runs(store)] == [won[0].run_id]
