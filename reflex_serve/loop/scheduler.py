@@ -102,6 +102,7 @@ class DistillLoop:
         self.schedule = parse_schedule(config.schedule) if config.schedule else None
         self.proc: subprocess.Popen | None = None
         self.run_id: str | None = None
+        self.log_path: Path | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -195,12 +196,22 @@ class DistillLoop:
             code = proc.returncode
         else:
             self._killpg(proc)  # children it left (gate measurements)
-        if code != 0 and runs.fail_run(self.store, run_id, exit_reason(code)):
+        if code != 0 and runs.fail_run(self.store, run_id, self._reason(code)):
             log.error("distill run %s failed: %s", run_id, exit_reason(code))
         elif code == 0 and runs.fail_run(self.store, run_id, "worker exited without a result"):
             log.error("distill run %s failed: the worker recorded no result", run_id)
         self.proc = self.run_id = None
         return True
+
+    def _reason(self, code: int) -> str:
+        """The exit reason, with the last line of the worker's log after an exit status
+        (a killed worker has nothing to add)."""
+        reason = exit_reason(code)
+        if code > 0 and self.log_path is not None and self.log_path.is_file():
+            lines = [x for x in self.log_path.read_text(errors="replace").splitlines() if x]
+            if lines:
+                reason += f": {lines[-1][-300:]}"
+        return reason
 
     def _spawn(self, run_id: str, now) -> None:
         version, teacher_dir = resolve_teacher(self.store, *self.teacher())
@@ -216,7 +227,8 @@ class DistillLoop:
                KEY_ENV: self.admin_key, "OMP_NUM_THREADS": threads,
                "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
                "PYTHONUNBUFFERED": "1"}
-        with open(run_dir / "worker.log", "ab") as out:
+        self.log_path = run_dir / "worker.log"
+        with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "reflex_serve.loop.worker", "--run-id", run_id,
                  "--run-dir", str(run_dir)],
