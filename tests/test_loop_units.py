@@ -178,6 +178,10 @@ def test_too_few_new_samples_record_a_skipped_run_and_advance(store):
     served(store, 3, t0 + timedelta(seconds=90))
     again = claim(store, t0 + timedelta(seconds=120), min_new_samples=10)
     assert again.skipped and again.reason.startswith("3 new served rows since")
+    # only the teacher's rows are what a run learns from
+    other = claim(store, t0 + timedelta(seconds=180), min_new_samples=1,
+                  teacher_version="0123456789ab")
+    assert other.skipped and other.reason.startswith("0 new served rows of teacher 0123456789ab")
 
 
 def test_stale_heartbeats_fail_runs_and_run_now_queues_one_at_a_time(store):

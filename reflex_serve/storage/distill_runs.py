@@ -112,8 +112,11 @@ def _watermark(s) -> datetime | None:
         DistillRun.status == "succeeded"))
 
 
-def _count_served(s, since: datetime | None, until: datetime | None) -> int:
+def _count_served(s, since: datetime | None, until: datetime | None,
+                  version: str | None = None) -> int:
     q = select(func.count()).select_from(Request).where(Request.source == "served")
+    if version is not None:
+        q = q.where(Request.model_version == version)
     if since is not None:
         q = q.where(Request.received_at > since)
     if until is not None:
@@ -135,8 +138,9 @@ def claim_due(store: Store, name: str, now: datetime, next_at: datetime, *, host
     Returns None when nothing is due, another replica won, or a run is active (the due
     run then waits: it is not lost). Otherwise the schedule advances to ``next_at`` and
     either a run is inserted as ``running`` on ``host`` (the caller starts its worker),
-    or, with fewer than ``min_new_samples`` served rows since the last succeeded run's
-    data, a ``skipped`` run is recorded with the reason.
+    or, with fewer than ``min_new_samples`` served rows (of ``teacher_version`` when
+    given: the rows a run learns from) since the last succeeded run's data, a
+    ``skipped`` run is recorded with the reason.
     """
     with store.session() as s:
         if store.backend == "postgresql":
@@ -158,9 +162,10 @@ def claim_due(store: Store, name: str, now: datetime, next_at: datetime, *, host
         summary = {"due_at": due.isoformat()}
         if min_new_samples > 0:
             since = _watermark(s)
-            new = _count_served(s, since, now)
+            new = _count_served(s, since, now, teacher_version)
             if new < min_new_samples:
-                reason = (f"{new} new served rows since "
+                of = f" of teacher {teacher_version}" if teacher_version else ""
+                reason = (f"{new} new served rows{of} since "
                           f"{since.isoformat() if since else 'the start'}, fewer than "
                           f"--min-new-samples {min_new_samples}")
                 run = _new_run("schedule", "skipped", now, name, started_at=now,
@@ -321,11 +326,11 @@ def list_runs(store: Store, limit: int = 50, status: str | None = None) -> list[
         return [run_dict(r) for r in s.scalars(q)]
 
 
-def count_served(store: Store, since: datetime | None = None,
-                 until: datetime | None = None) -> int:
-    """Served rows received in (since, until]."""
+def count_served(store: Store, since: datetime | None = None, until: datetime | None = None,
+                 version: str | None = None) -> int:
+    """Served rows (of ``version``, if given) received in (since, until]."""
     with store.session(commit=False) as s:
-        return _count_served(s, since, until)
+        return _count_served(s, since, until, version)
 
 
 def run_metrics(store: Store, schedule: str | None) -> dict[str, Any]:
