@@ -35,8 +35,10 @@ def summary(times: dict[str, np.ndarray], baseline: str) -> str:
     return "\n".join(lines)
 
 
-def parse_named(values: list[str], reserved: Collection[str] = ()) -> dict[str, Path]:
-    """``NAME=DIR`` pairs of a repeatable ``--student`` option; names must be new.
+def parse_named(
+    values: list[str], reserved: Collection[str] = (), flag: str = "--student"
+) -> dict[str, Path]:
+    """``NAME=DIR`` pairs of a repeatable option (``flag``); names must be new.
 
     Raises:
         SystemExit: a malformed pair, or a name in ``reserved``.
@@ -45,6 +47,6 @@ def parse_named(values: list[str], reserved: Collection[str] = ()) -> dict[str, 
     for v in values:
         name, sep, path = v.partition("=")
         if not sep or not name or not path or name in reserved:
-            raise SystemExit(f"--student: expected NAME=DIR with a new name, got {v!r}")
+            raise SystemExit(f"{flag}: expected NAME=DIR with a new name, got {v!r}")
         out[name] = Path(path)
     return out

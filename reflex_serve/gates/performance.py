@@ -8,9 +8,10 @@ overridden.
   lower bound >= the teacher's rate - ``margin``. Not evaluated when even a perfect
   candidate could not pass with this many episodes (n / (n + z^2) below the bar).
 - P2 per_task_regression: no task's success rate drops more than ``max_drop``.
-- P3 action_agreement: on the held-out replay observations, the mean relative energy
-  distance between candidate and teacher samples (K draws, same noise, the teacher's
-  normalized units) <= ``max_energy``; the mean squared difference of their mean chunks
+- P3 action_agreement: on the held-out replay observations, the pooled relative energy
+  distance between candidate and teacher samples (sum of the energy distances over sum of
+  the teacher's spreads; K draws, same noise, the teacher's normalized units)
+  <= ``max_energy``; the mean squared difference of their mean chunks
   <= ``max_mean_mse``; the cosine of the mean chunks (all observations together)
   >= ``min_mean_cosine``. A candidate that returns the mean of a two-mode teacher scores
   about 1 (see :mod:`reflex_serve.export.validate`).
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..export.validate import agreement
+from ..export.validate import agreement, pooled_relative_energy
 from ..sim.report import wilson_interval
 from .config import (
     ActionAgreementConfig,
@@ -138,13 +139,13 @@ def action_agreement(
             "non-finite actions on the replay observations",
         )
     per = [agreement(x[i], y[i], cfg.min_spread) for i in range(n)]
-    rel = float(np.mean([r.relative_energy for r in per]))
+    rel = pooled_relative_energy(per, cfg.min_spread)
     mse = float(np.mean([r.mean_mse for r in per]))
     mx, my = x.mean(1).ravel(), y.mean(1).ravel()
     cos = float(mx @ my / max(np.linalg.norm(mx) * np.linalg.norm(my), 1e-12))
     failed = []
     if rel > cfg.max_energy:
-        failed.append(f"relative energy {rel:.3f} > {cfg.max_energy:g}")
+        failed.append(f"pooled relative energy {rel:.3f} > {cfg.max_energy:g}")
     if mse > cfg.max_mean_mse:
         failed.append(f"mean-chunk MSE {mse:.3g} > {cfg.max_mean_mse:g}")
     if cos < cfg.min_mean_cosine:
@@ -171,6 +172,7 @@ def action_agreement(
         samples=k,
         mean_mse=mse,
         mean_cosine=cos,
+        relative_energy_mean=float(np.mean([r.relative_energy for r in per])),
         relative_energy_max=float(max(r.relative_energy for r in per)),
         spread_candidate=spread_c,
         spread_teacher=spread_r,
