@@ -3,6 +3,7 @@ claim and run records on both backends, and the metrics read from the store."""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -273,3 +274,44 @@ def test_replicas_racing_for_one_due_time_start_one_run(store):
     won = [c for c in claims if c is not None]
     assert len(won) == 1
     assert [r["id"] for r in runs.list_runs(store)] == [won[0].run_id]
+
+
+def test_a_worker_that_cannot_start_fails_its_run(store, tmp_path):
+    from reflex_serve.loop.config import LoopConfig
+    from reflex_serve.loop.scheduler import DistillLoop
+
+    loop = DistillLoop(store, LoopConfig(work_dir=tmp_path), admin_key="k",
+                       teacher=lambda: ("abcdef123456", tmp_path / "no-such-export"),
+                       server_url="http://127.0.0.1:9")
+    run_id, created = loop.run_now(actor="ci")
+    assert created and loop.tick() == run_id and loop.proc is None
+    rec = runs.get_run(store, run_id)
+    assert rec["status"] == "failed" and rec["error"].startswith("cannot start the worker:")
+    assert "no-such-export" in rec["error"]
+    loop.close()  # nothing running: nothing to stop
+
+
+def test_runs_cli_on_an_empty_and_a_filled_store(tmp_path):
+    from reflex_serve.storage.store import Store
+
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    st = Store.open(url)
+    out = runner.invoke(app, ["runs", "list", "--store", url])
+    assert out.exit_code == 0 and "no distill runs recorded" in out.output
+    missing = runner.invoke(app, ["runs", "show", "deadbeef", "--store", url])
+    assert missing.exit_code == 1 and "no distill run 'deadbeef'" in missing.output
+    run_id, _ = runs.queue_manual(st, NOON, stale_before=NOON)
+    runs.claim_queued(st, "test:1", NOON)
+    runs.start_stage(st, run_id, "data", 0)
+    runs.finish_stage(st, run_id, "data", "refused", {"rows": 3, "reason": "3 rows < 64"})
+    runs.finish_run(st, run_id, "refused", error="data: 3 rows < 64")
+    st.close()
+    listed = runner.invoke(app, ["runs", "list", "--store", url], env={"COLUMNS": "200"})
+    assert f"{run_id[:12]} manual   refused" in listed.output
+    shown = runner.invoke(app, ["runs", "show", run_id[:6], "--store", url])
+    assert shown.exit_code == 0
+    assert f"run {run_id} (manual): refused" in shown.output
+    assert "reason: data: 3 rows < 64" in shown.output
+    assert '  data        refused' in shown.output and '{"rows": 3}' in shown.output
+    as_json = runner.invoke(app, ["runs", "show", run_id, "--store", url, "--json"])
+    assert json.loads(as_json.output)["stages"][0]["detail"]["rows"] == 3
