@@ -33,7 +33,7 @@ def _open(store: str | None, data_dir: Path | None):
     from reflex_serve.storage.store import Store
 
     try:
-        return Store.open(store, data_dir, migrate=False)
+        return Store.open(store, data_dir)
     except StoreError as exc:
         _fail(f"--store: {exc}")
 
