@@ -128,6 +128,17 @@ def test_a_slower_model_fails_p4_only(family):
     assert p4.value > 1.2 and p4.data["candidate_p50_ms"] > p4.data["reference_p50_ms"]
 
 
+def test_only_if_passing_skips_the_suite_once_another_gate_failed(family):
+    report = gates(family, "slower", sim={"only_if_passing": True})
+    verdicts = {r.gate: r.verdict for r in report.results}
+    assert {g for g, v in verdicts.items() if v != "pass"} == {"P4", "P1", "P2"}, table(report)
+    assert verdicts["P1"] == verdicts["P2"] == "not_evaluated"
+    assert report.result("P1").detail == "skipped: P4 did not pass ([sim] only_if_passing)"
+    assert report.result("P1").evidence == 0
+    faithful = gates(family, "faithful", sim={"only_if_passing": True})
+    assert failing(faithful) == set() and faithful.result("P1").evidence > 0, table(faithful)
+
+
 def test_a_bigger_model_fails_p6_only(family):
     report = gates(family, "bigger")  # the faithful candidate plus 4 MiB of unused weights
     assert failing(report) == {"P6"}, table(report)

@@ -51,6 +51,7 @@ class SimConfig:
     episodes: int
     seed: int
     max_steps: int
+    only_if_passing: bool = False
 
     def __post_init__(self) -> None:
         _require(self.suite in SIM_SUITES, "sim", "suite", f"must be one of {SIM_SUITES}")

@@ -3,7 +3,9 @@
     report = run_gates(candidate_dir, reference_dir, load_config(), store=store)
 
 Order: replay and probes (S1, S2, S3, P3), latency (P4, P5), then the closed-loop suite
-(P1, P2), the longest, while the resource measurement (P6) runs in child processes.
+(P1, P2), the longest, while the resource measurement (P6) runs in child processes. With
+``[sim] only_if_passing`` the suite is skipped (P1, P2 not evaluated, saying why) when an
+earlier gate did not pass: the candidate is refused either way.
 Every gate gets a result: a measurement that fails is reported in the gate's detail,
 never raised. Only bad input raises
 :class:`GateInputError` (missing or invalid exports, exports of different dimensions, a
@@ -235,7 +237,15 @@ def run_gates(
     except OSError as exc:
         error = f"cannot start the measurement: {exc}"
     try:
-        results.update(zip(("P1", "P2"), _suite(cand_dir, ref_dir, cfg, say)))
+        failed = [g for g, r in sorted(results.items()) if r.verdict != "pass"]
+        if cfg.sim.only_if_passing and failed:
+            say(f"closed loop skipped: {', '.join(failed)} did not pass")
+            suite = performance.suite_not_evaluated(
+                f"skipped: {', '.join(failed)} did not pass ([sim] only_if_passing)"
+            )
+        else:
+            suite = _suite(cand_dir, ref_dir, cfg, say)
+        results.update(zip(("P1", "P2"), suite))
         results["P6"] = _resources(measurement, error, cfg)
     finally:
         if measurement is not None:
