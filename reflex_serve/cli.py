@@ -345,25 +345,34 @@ def eval_tasks(tasks: str | None, suite: str | None) -> list[str]:
 @app.command("demo")
 def demo_cmd(
     export_dir: ExportArg = None,
-    num_episodes: Annotated[int, typer.Option(min=1, help="Episodes per task.")] = 5,
+    out: Annotated[Path, typer.Option(help="Working directory: store, loop runs, server log, summary (its data/ and loop/ are replaced).")] = Path("runs/demo"),
+    distill_steps: Annotated[int, typer.Option(min=1, help="Optimizer steps of the SnapFlow student.")] = 2000,
+    min_new_samples: Annotated[int, typer.Option(min=1, help="Served rows before the scheduled run starts.")] = 300,
+    gate_episodes: Annotated[int, typer.Option(min=1, help="Closed-loop episodes per task and policy for gates P1 / P2.")] = 13,
+    after_rounds: Annotated[int, typer.Option(min=1, help="Rounds of traffic on the new version before the summary.")] = 3,
+    max_minutes: Annotated[float, typer.Option(min=1.0, help="Summarize after this long whatever happened.")] = 30.0,
     tasks: Annotated[str | None, typer.Option(help="Comma-separated MetaWorld tasks (default: the six).")] = None,
-    out: Annotated[Path, typer.Option(help="Where the report and a GIF go.")] = Path("runs/demo"),
 ) -> None:
-    """Serve the teacher on loopback and drive it with the MetaWorld robot, as a controller would."""
-    from .client import ReflexClient
-    from .runtime.cache import PrefixCache
-    from .runtime.policy import Policy
-    from .server.app import create_app
-    from .server.runner import BackgroundServer
-    from .sim.evaluate import run_eval, sim_settings_from_manifest
+    """The whole self-distilling loop on embedded defaults (docs/demo.md): serve the shipped
+    teacher with collection and a short schedule, drive it with the MetaWorld robot, and
+    watch the loop distill, gate, shadow and warm-swap a faster version by itself."""
+    from .loop.demo import DemoOptions, run_demo
 
-    task_list = eval_tasks(tasks, None)
-    policy = Policy(resolve_export(export_dir), cache=PrefixCache(64 << 20))
-    with BackgroundServer(create_app(policy)) as server, ReflexClient(server.url) as client:
-        typer.echo(f"serving {policy.version} at {server.url}; MetaWorld drives it through POST /act")
-        client.wait_ready()
-        run_eval(client, task_list, num_episodes, out_dir=out, gif=True, **sim_settings_from_manifest(policy.manifest))
-    typer.echo(f"report and episodes.gif written to {out}")
+    opts = DemoOptions(
+        out=out, export_dir=resolve_export(export_dir) if export_dir else None,
+        tasks=tuple(eval_tasks(tasks, None)), distill_steps=distill_steps,
+        min_new_samples=min_new_samples, gate_episodes=gate_episodes,
+        after_rounds=after_rounds, max_minutes=max_minutes,
+    )
+    try:
+        summary = run_demo(opts, say=typer.echo)
+    except RuntimeError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    from .loop.demo_report import to_markdown
+
+    typer.echo("\n" + to_markdown(summary))
+    typer.echo(f"summary written to {out / 'summary.md'} and summary.json; server log {out / 'server.log'}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ from reflex_serve.loop.candidates import (
     gate_candidates,
     teacher_at_steps,
 )
-from reflex_serve.loop.choice import Gated, choose, describe_failure
+from reflex_serve.loop.choice import Gated, choose, describe_failure, failure_lines
+from reflex_serve.loop.pipeline import failed_gates
 from reflex_serve.runtime.cache import PrefixCache
 from reflex_serve.runtime.policy import Policy
 from reflex_serve.storage.gate_runs import latest_gate_runs
@@ -192,6 +193,25 @@ def test_a_refusal_names_each_gate_with_its_value_or_why_it_was_not_evaluated():
     assert describe_failure(s1) == (
         "S1 finite failed: cannot be evaluated, so it fails: no replay observations"
     )
+
+
+def test_a_skipped_suite_is_one_item_and_the_run_error_names_the_failed_gates():
+    skip = "skipped: P3 did not pass ([sim] only_if_passing)"
+    results = [
+        GateResult.make("P3", "<=", 0.4, 0.79, 256, "fail", "pooled relative energy 0.790 > 0.4"),
+        GateResult.make("P1", ">=", None, None, 0, "not_evaluated", skip),
+        GateResult.make("P2", "<=", None, None, 0, "not_evaluated", skip),
+        GateResult.make("P4", "<=", 0.5, 0.3, 100, "pass", "fast"),
+    ]
+    lines = failure_lines(results)
+    assert lines == [
+        "P3 action_agreement 0.79 (needs <= 0.4): pooled relative energy 0.790 > 0.4",
+        "P1, P2 not run (the closed-loop suite runs only when the rest pass)",
+    ]
+    assert failed_gates("gates not passed: " + "; ".join(lines)) == "P3 failed"
+    p1 = "gates not passed: P1 task_success not evaluated: 20 episodes cannot show"
+    assert failed_gates(p1) == "P1 failed"
+    assert failed_gates("the gates could not run: boom") == "the gates could not run: boom"
 
 
 @pytest.fixture(scope="module")

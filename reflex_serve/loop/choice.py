@@ -67,8 +67,19 @@ class Gated:
             passed=report.passed,
             p50_ratio=report.result("P4").value,
             energy=report.result("P3").value,
-            failures=[describe_failure(r) for r in report.results if r.verdict != PASS],
+            failures=failure_lines(report.results),
         )
+
+
+def failure_lines(results: list[GateResult]) -> list[str]:
+    """:func:`describe_failure` of each gate that did not pass; gates whose suite was
+    skipped because another failed (``[sim] only_if_passing``) are one closing item."""
+    bad = [r for r in results if r.verdict != PASS]
+    skipped = [r.gate for r in bad if r.verdict == NOT_EVALUATED and r.detail.startswith("skipped:")]
+    lines = [describe_failure(r) for r in bad if r.gate not in skipped]
+    if skipped:
+        lines.append(f"{', '.join(skipped)} not run (the closed-loop suite runs only when the rest pass)")
+    return lines
 
 
 def _ratio(g: Gated) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,12 @@ from reflex_serve.storage.store import Store
 
 log = logging.getLogger(__name__)
 ACTOR = "distill-loop"
+
+
+def failed_gates(reason: str) -> str:
+    """The gate ids a refusal reason names (``"S3, P3 failed"``), else the reason."""
+    ids = re.findall(r"(?:^|: |; )([SP][1-6]) [a-z_]+ (?!not evaluated: skipped)", reason)
+    return f"{', '.join(dict.fromkeys(ids))} failed" if ids else reason
 
 
 class Refused(Exception):
@@ -153,7 +160,7 @@ def candidates_stage(ctx: RunContext) -> dict[str, Any]:
     detail = {"tried": [o.spec.name for o in outcomes],
               "chosen": chosen.spec.name if chosen is not None else None}
     if chosen is None:
-        why = "; ".join(f"{o.spec.name}: {o.reason}" for o in outcomes) or "no candidates"
+        why = "; ".join(f"{o.spec.name}: {failed_gates(o.reason)}" for o in outcomes) or "no candidates"
         raise Refused(f"no candidate passed all nine gates ({why})", detail)
     ctx.state["chosen"] = chosen
     return {**detail, "version": chosen.version, "kind": chosen.spec.kind,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Self
 
 import uvicorn
@@ -118,9 +119,12 @@ class BackgroundServer:
         self.stop()
 
 
-def spawn_server(export_dir, *args: str, timeout_s: float = 60.0):
+def spawn_server(export_dir, *args: str, timeout_s: float = 60.0, log_path=None):
     """Start ``reflex serve EXPORT_DIR --port 0 ARGS...`` as a subprocess and wait until
     its ``/health`` answers 200 (benchmarks and process-level tests).
+
+    ``log_path``: write the server's stderr there (a long-running server must not fill
+    an unread pipe); by default it is a pipe, read in the error message.
 
     Returns:
         (the ``subprocess.Popen``, its base URL ``http://127.0.0.1:PORT``). Stop it with
@@ -139,11 +143,16 @@ def spawn_server(export_dir, *args: str, timeout_s: float = 60.0):
     cmd = [sys.executable, "-m", "reflex_serve.cli", "serve", str(export_dir), "--port", "0",
            "--log-level", "warning", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = open(log_path, "w") if log_path is not None else None  # noqa: SIM115 - the child owns it
+    stderr = log if log is not None else subprocess.PIPE
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    if log is not None:
+        log.close()
     banner = proc.stdout.readline()
     if "reflex-serve: model" not in banner:
         proc.kill()
-        raise RuntimeError(f"reflex serve did not start: {banner!r} {proc.stderr.read()}")
+        err = proc.stderr.read() if log is None else Path(log_path).read_text()
+        raise RuntimeError(f"reflex serve did not start: {banner!r} {err}")
     url = banner.split(" at ")[1].split()[0]
     deadline = time.monotonic() + timeout_s
     while httpx.get(url + "/health").status_code != 200:
