@@ -32,7 +32,7 @@ GATES: tuple[GateSpec, ...] = (
     GateSpec("S3", "motion_smoothness", SAFETY, "p99 step change / teacher's"),
     GateSpec("P1", "task_success", PERFORMANCE, "Wilson lower bound of success"),
     GateSpec("P2", "per_task_regression", PERFORMANCE, "largest per-task drop"),
-    GateSpec("P3", "action_agreement", PERFORMANCE, "relative energy distance"),
+    GateSpec("P3", "action_agreement", PERFORMANCE, "pooled relative energy distance"),
     GateSpec("P4", "latency_speedup", PERFORMANCE, "act p50 / teacher's"),
     GateSpec("P5", "latency_p99_budget", PERFORMANCE, "act p99, ms"),
     GateSpec("P6", "resources", PERFORMANCE, "memory and bytes / teacher's"),
