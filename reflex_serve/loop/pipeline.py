@@ -132,13 +132,16 @@ def distill_stage(ctx: RunContext) -> dict[str, Any]:
 
 def gated_candidates(ctx: RunContext) -> tuple[Any, list[Any]]:
     """The default candidate step: the student and the teacher at ``teacher_steps``
-    through the nine gates (:func:`reflex_serve.loop.candidates.gate_candidates`)."""
+    through the nine gates (:func:`reflex_serve.loop.candidates.gate_candidates`), with
+    ``[sim] only_if_passing`` on: the closed-loop suite, the longest part, runs only for a
+    candidate that passed the other seven."""
+    from reflex_serve.gates.config import load_config
     from reflex_serve.loop.candidates import GateOptions, default_specs, gate_candidates
 
     specs = default_specs(ctx.teacher_dir, ctx.state.get("student_dir"),
                           ctx.config.teacher_steps, work_dir=ctx.run_dir / "candidates")
-    options = GateOptions(config_path=ctx.config.gates_config, actor=ACTOR,
-                          progress=lambda msg: log.info("gates %s", msg))
+    gates = load_config(ctx.config.gates_config).replace("sim", only_if_passing=True)
+    options = GateOptions(config=gates, actor=ACTOR, progress=lambda msg: log.info("gates %s", msg))
     return gate_candidates(ctx.teacher_dir, specs, ctx.store.url, options)
 
 
