@@ -163,12 +163,15 @@ class ShadowConfig:
 @dataclass(frozen=True)
 class PromoteConfig:
     """Warm-up of a version before it takes traffic: ``warmup_iters`` synthetic calls,
-    then up to ``logged_observations`` logged ones (newest first)."""
+    then up to ``logged_observations`` logged ones (newest first). Loading and warm-up
+    run at niceness ``nice`` (Linux: per thread), below the requests."""
 
     warmup_iters: int = 3
     logged_observations: int = 32
+    nice: int = 10
 
     def __post_init__(self) -> None:
+        _require(0 <= self.nice <= 19, "promote.nice", "must be in 0..19")
         _require(self.warmup_iters >= 1, "promote.warmup_iters", "must be >= 1")
         _require(self.logged_observations >= 0, "promote.logged_observations", "must be >= 0")
 

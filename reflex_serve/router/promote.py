@@ -22,8 +22,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from reflex_serve.router.errors import RouterError, StageError
 from reflex_serve.router.monitor import Breach, Monitor
 from reflex_serve.router.registry import Registry, VersionInfo
+from reflex_serve.router.shadow import lower_priority
 from reflex_serve.router.stats import action_limits
 from reflex_serve.router.sync import Background
 from reflex_serve.storage.models import utcnow
@@ -44,6 +46,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 INTERFACE = ("state_dim", "action_dim", "chunk_size", "n_action_steps")
+
+
+T = TypeVar("T")
+
+def at_lower_priority(fn: Callable[[], T], nice: int) -> T:
+    """``fn()`` in a new thread at niceness ``nice`` (:func:`.shadow.lower_priority`);
+    waits for it and returns its result or raises its exception. The thread ends with
+    the call, so no serving thread keeps the lower priority."""
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        lower_priority(nice)
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, name="reflex-promote-load", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def replica_name() -> str:
@@ -110,9 +135,16 @@ class Controller:
     def prepare(self, info: VersionInfo, active: Policy) -> tuple[Policy, dict[str, Any]]:
         """Check, load and warm ``info`` beside ``active``; returns it and the figures.
 
+        Loading and warm-up run in a thread of their own at niceness ``promote.nice``
+        (Linux: per thread), below the threads answering /act, so that on a busy host the
+        requests in flight during a swap keep their CPU share.
+
         Raises:
             StageError: stage check, load or warm.
         """
+        return at_lower_priority(lambda: self._prepare(info, active), self.config.promote.nice)
+
+    def _prepare(self, info: VersionInfo, active: Policy) -> tuple[Policy, dict[str, Any]]:
         from reflex_serve.runtime.types import Observation
         from reflex_serve.storage.routing import recent_observations
 
