@@ -231,7 +231,9 @@ def serve_cmd(
 
         admin_key = generated_admin_key()
     config = router_settings(admin_key, api_key, monitor_window, router_config)
+    from .export.manifest import ExportError
     from .router.errors import RouterError
+    from .server.cli import ServeError
     from .storage.engine import StoreError
 
     try:
@@ -239,8 +241,10 @@ def serve_cmd(
               threads=threads, workers=workers, cache_mb=cache_mb, max_body_mb=max_body_mb, log_level=log_level,
               collect=collect, admin_key=admin_key, router_config=config, store=store, data_dir=data_dir,
               distill=loop)
-    except StoreError as exc:
+    except (StoreError, ServeError) as exc:
         fail(str(exc))
+    except ExportError as exc:
+        fail(f"EXPORT_DIR: {exc}")
     except RouterError as exc:
         fail(f"router: {exc.message}")
 
@@ -265,6 +269,8 @@ def router_settings(admin_key: str | None, api_key: str | None, monitor_window: 
             overrides["monitor"] = {"window_s": parse_duration(monitor_window).total_seconds()}
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--monitor-window") from None
+        if overrides["monitor"]["window_s"] <= 0:
+            raise typer.BadParameter("must be > 0", param_hint="--monitor-window")
     try:
         return load_router_config(config_file, **overrides)
     except ConfigError as exc:
@@ -348,7 +354,7 @@ def demo_cmd(
     out: Annotated[Path, typer.Option(help="Working directory: store, loop runs, server log, summary (its data/ and loop/ are replaced).")] = Path("runs/demo"),
     distill_steps: Annotated[int, typer.Option(min=1, help="Optimizer steps of the SnapFlow student.")] = 2000,
     min_new_samples: Annotated[int, typer.Option(min=1, help="Served rows before the scheduled run starts.")] = 300,
-    gate_episodes: Annotated[int, typer.Option(min=1, help="Closed-loop episodes per task and policy for gates P1 / P2.")] = 13,
+    gate_episodes: Annotated[int, typer.Option(min=1, help="Closed-loop episodes per task and policy for gates P1 / P2.")] = 25,
     after_rounds: Annotated[int, typer.Option(min=1, help="Rounds of traffic on the new version before the summary.")] = 3,
     max_minutes: Annotated[float, typer.Option(min=1.0, help="Summarize after this long whatever happened.")] = 30.0,
     tasks: Annotated[str | None, typer.Option(help="Comma-separated MetaWorld tasks (default: the six).")] = None,

@@ -19,7 +19,7 @@ def test_the_demo_settings_are_valid_loop_and_gate_configs(tmp_path):
     assert loop.gates_config == gates_toml.resolve() and loop.work_dir == (tmp_path / "loop").resolve()
     gates = load_config(gates_toml)
     assert gates.sim.task_list() == ["reach-v3", "push-v3"]
-    assert gates.sim.episodes == 13 and gates.sim.only_if_passing is True
+    assert gates.sim.episodes == 25 and gates.sim.only_if_passing is True
     assert gates.task_success.margin == 0.05  # thresholds stay the defaults
 
 
