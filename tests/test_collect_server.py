@@ -217,7 +217,7 @@ def test_bad_outcome_calls_are_clear_4xx_and_store_nothing(
     collector.store.close()
 
 
-def test_a_non_json_outcome_body_is_a_422(policy, store_url):
+def test_a_non_json_outcome_body_is_a_400_as_on_act(policy, store_url):
     collector, server = serving(policy, store_url)
     with server:
         r = httpx.post(
@@ -225,7 +225,8 @@ def test_a_non_json_outcome_body_is_a_422(policy, store_url):
             content=b"{nope",
             headers={"Content-Type": "application/json"},
         )
-    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_field"
+    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_body"
+    assert r.json()["error"]["message"].startswith("malformed JSON body: ")
     collector.store.close()
 
 

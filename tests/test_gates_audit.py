@@ -310,3 +310,29 @@ def test_cli_run_input_errors_name_the_argument(tiny_export, tmp_path):
         res = runner.invoke(app, ["gates", "run", *args, "--store", url, "--no-progress"], env=ENV)
         assert res.exit_code == 2 and message in res.output, (args, res.output)
         assert "Traceback" not in res.output
+
+
+def test_cli_names_an_unusable_data_dir_or_json_path_and_never_creates_a_store(tiny_export,
+                                                                              tmp_path):
+    env = {**ENV, "REFLEX_STORE": ""}
+    (tmp_path / "file").write_text("not a directory")
+    bad_dir = tmp_path / "file" / "data"
+    run = ["gates", "run", str(tiny_export), "--reference", str(tiny_export), "--no-progress"]
+    res = runner.invoke(app, [*run, "--data-dir", str(bad_dir)], env=env)
+    assert res.exit_code == 2 and f"error: --data-dir {bad_dir}: cannot create it" in res.output
+    empty = tmp_path / "empty"
+    missing = tmp_path / "no" / "dir"
+    for json_path, message in ((missing / "x.json", f"directory {missing} does not exist"),
+                               (tmp_path, "is a directory")):
+        res = runner.invoke(app, [*run, "--data-dir", str(empty), "--json", str(json_path)],
+                            env=env)
+        assert res.exit_code == 2 and f"error: --json {json_path}: {message}" in res.output
+        assert not empty.exists()  # refused before the store is opened or a gate runs
+    for args in (["gates", "show", "0123456789ab"],
+                 ["gates", "override", "0123456789ab", "--gate", "P4", "--operator", "a",
+                  "--reason", "x"]):
+        res = runner.invoke(app, [*args, "--data-dir", str(empty)], env=env)
+        assert res.exit_code == 2, res.output
+        assert f"error: no store at {empty / 'store.sqlite'} (--data-dir {empty})" in res.output
+        assert not empty.exists()
+    assert "Traceback" not in res.output

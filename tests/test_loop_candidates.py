@@ -288,3 +288,17 @@ def test_every_gate_run_is_a_row_in_the_store(gated):
     assert _file_sha256(gated.outcomes[0].spec.export_dir / PREFIX_ONNX) == _file_sha256(
         TEACHER / PREFIX_ONNX
     ) and manifest["parent_version"].startswith("sha256:facef3247720")
+
+
+def test_cli_derive_names_an_output_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    for out, message in ((tmp_path / "file", "is not a directory"),
+                         (tmp_path / "file" / "t2", "cannot create")):
+        res = runner.invoke(
+            app, ["models", "derive", str(TEACHER), "--num-steps", "2", "--output", str(out)],
+            env=ENV,
+        )
+        assert res.exit_code == 2, res.output
+        assert "error: --output: " in res.output and message in res.output
+        assert "Traceback" not in res.output
+    assert (tmp_path / "file").read_text() == "not a directory"

@@ -299,7 +299,7 @@ def test_runs_cli_on_an_empty_and_a_filled_store(tmp_path):
     out = runner.invoke(app, ["runs", "list", "--store", url])
     assert out.exit_code == 0 and "no distill runs recorded" in out.output
     missing = runner.invoke(app, ["runs", "show", "deadbeef", "--store", url])
-    assert missing.exit_code == 1 and "no distill run 'deadbeef'" in missing.output
+    assert missing.exit_code == 2 and "error: RUN_ID: no distill run 'deadbeef'" in missing.output
     run_id, _ = runs.queue_manual(st, NOON, stale_before=NOON)
     runs.claim_queued(st, "test:1", NOON)
     runs.start_stage(st, run_id, "data", 0)
@@ -315,3 +315,29 @@ def test_runs_cli_on_an_empty_and_a_filled_store(tmp_path):
     assert '  data        refused' in shown.output and '{"rows": 3}' in shown.output
     as_json = runner.invoke(app, ["runs", "show", run_id, "--store", url, "--json"])
     assert json.loads(as_json.output)["stages"][0]["detail"]["rows"] == 3
+
+
+def test_runs_cli_needs_an_existing_store_and_a_4_character_prefix(tmp_path):
+    from reflex_serve.storage.store import Store
+
+    env = {"COLUMNS": "200", "REFLEX_STORE": ""}
+    empty = tmp_path / "empty"
+    for args in (["runs", "list"], ["runs", "show", "abcd"]):
+        out = runner.invoke(app, [*args, "--data-dir", str(empty)], env=env)
+        assert out.exit_code == 2
+        assert f"error: no store at {empty / 'store.sqlite'} (--data-dir {empty})" in out.output
+    assert not empty.exists()
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    st = Store.open(url)
+    run_id, _ = runs.queue_manual(st, NOON, stale_before=NOON)
+    st.close()
+    for prefix in ("", "zzz", run_id[:3]):
+        out = runner.invoke(app, ["runs", "show", prefix, "--store", url], env=env)
+        assert out.exit_code == 2
+        assert f"error: RUN_ID: give at least 4 characters of the run id, got {prefix!r}" in (
+            out.output)
+    for prefix in ("____", "%%%%", "zzzz"):  # no wildcards: the one run does not match
+        out = runner.invoke(app, ["runs", "show", prefix, "--store", url], env=env)
+        assert out.exit_code == 2, (prefix, out.output)
+        assert f"error: RUN_ID: no distill run {prefix!r}" in out.output
+    assert runner.invoke(app, ["runs", "show", run_id[:4], "--store", url]).exit_code == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from router_helpers import ADMIN_KEY, WIDE_LIMITS, record_gates, router_server, variant
 from typer.testing import CliRunner
@@ -77,3 +78,101 @@ def test_serve_refuses_router_options_that_do_not_fit(exports):
     out = runner.invoke(app, ["serve", str(teacher), "--admin-key", "k", "--monitor-window",
                               "soon"])
     assert out.exit_code == 2 and "cannot parse duration" in out.output
+
+
+def test_version_arguments_are_checked_and_a_rollback_conflict_names_both_forms(exports, tmp_path):
+    teacher, _ = exports
+    with router_server(teacher, f"sqlite:///{tmp_path / 's.sqlite'}") as (server, _, _):
+        out = models(server.url, "promote", "zz/..", "--actor", "ci")
+        assert out.exit_code == 2
+        assert "VERSION: 'zz/..' is not a model version (12 or more hex digits" in out.output
+        out = models(server.url, "canary", "0123", "--fraction", "0.1", "--actor", "ci")
+        assert out.exit_code == 2 and "VERSION: '0123' is not a model version" in out.output
+        out = models(server.url, "promote", "0123456789AB", "--actor", "ci")  # lower-cased
+        assert out.exit_code == 2 and "404 not_found [version]" in out.output
+        assert "'0123456789ab'" in out.output
+        out = models(server.url, "rollback", "--to", "a/b", "--actor", "ci")
+        assert out.exit_code == 2 and "--to: 'a/b' is not a model version" in out.output
+        out = models(server.url, "rollback", "--actor", "ci")
+        assert out.exit_code == 2 and "409 conflict [to]: nothing to roll back to" in out.output
+        assert "name a version (--to, or 'to' in the request body)" in out.output
+
+
+def test_serve_names_monitor_window_when_it_is_not_positive(exports):
+    teacher, _ = exports
+    out = runner.invoke(app, ["serve", str(teacher), "--admin-key", "k", "--monitor-window",
+                              "0s"], env={"COLUMNS": "200"})
+    assert out.exit_code == 2 and "--monitor-window" in out.output
+    assert "must be > 0" in out.output and "--router-config" not in out.output
+
+
+def test_admin_bodies_that_are_not_json_objects_are_400_and_other_media_types_415(exports,
+                                                                                   tmp_path):
+    teacher, _ = exports
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    json_type = {**auth, "Content-Type": "application/json"}
+    cases = [
+        (b"{", json_type, 400, "malformed_body", "malformed JSON body"),
+        (b"", json_type, 400, "malformed_body", "the request body is empty"),
+        (b"[1]", json_type, 400, "malformed_body", "must be a JSON object"),
+        (b"{", auth, 400, "malformed_body", "malformed JSON body"),
+        (b'{"actor": "ci"}', {**auth, "Content-Type": "text/plain"}, 415,
+         "unsupported_media_type", "unsupported Content-Type 'text/plain'"),
+        (b'{"actor": "ci"}', auth, 415, "unsupported_media_type", "no Content-Type"),
+        (b'{"reason": "x"}', json_type, 422, "invalid_field", "Field required"),
+    ]
+    with router_server(teacher, f"sqlite:///{tmp_path / 's.sqlite'}") as (server, _, _):
+        for body, headers, status, code, message in cases:
+            r = httpx.post(server.url + "/admin/rollback", content=body, headers=headers)
+            assert r.status_code == status, (body, headers, r.text)
+            assert r.json()["error"]["code"] == code and message in r.json()["error"]["message"]
+        r = httpx.post(server.url + "/admin/rollback", content=b'{"reason": "x"}',
+                       headers=json_type)
+        assert r.json()["error"]["field"] == "actor"
+        r = httpx.post(server.url + "/act", content=b"{",
+                       headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_body"
+
+
+def test_the_router_refuses_to_load_a_version_whose_files_do_not_match_its_digest(exports,
+                                                                                  tmp_path):
+    import json
+    import shutil
+
+    from reflex_serve.router import open_router
+    from reflex_serve.router.errors import RouterError
+    from reflex_serve.runtime.policy import Policy
+    from reflex_serve.storage.store import Store
+
+    teacher, student = exports
+    student = shutil.copytree(student, tmp_path / "student")
+    old, new = read_manifest(teacher).version, read_manifest(student).version
+    url = f"sqlite:///{tmp_path / 's.sqlite'}"
+
+    def tamper() -> None:  # the same manifest, other normalization statistics
+        stats = json.loads((student / "stats.json").read_text())
+        stats["action"]["mean"] = [m + 1.0 for m in stats["action"]["mean"]]
+        (student / "stats.json").write_text(json.dumps(stats))
+
+    pristine = (student / "stats.json").read_bytes()
+    with router_server(teacher, url) as (server, controller, store):
+        assert models(server.url, "register", str(student), "--actor", "ci").exit_code == 0
+        record_gates(store, student, teacher)
+        tamper()
+        out = models(server.url, "promote", new, "--actor", "ci")
+        assert out.exit_code == 2 and "422 load_failed [version]" in out.output
+        assert f"{student} does not match its manifest digest (recorded " \
+               f"{read_manifest(student).digest}, found sha256:" in out.output
+        assert f"({old} keeps serving)" in out.output
+        assert controller.router.active.version == old
+        (student / "stats.json").write_bytes(pristine)
+        out = models(server.url, "promote", new, "--actor", "ci")
+        assert out.exit_code == 0, out.output
+    tamper()  # the store's active version is now tampered with: a restart refuses it
+    store = Store.open(url)
+    try:
+        with pytest.raises(RouterError, match=f"cannot serve the store's active version {new}: "
+                           ".*does not match its manifest digest"):
+            open_router(Policy(teacher), store)
+    finally:
+        store.close()

@@ -14,6 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from reflex_serve.export.manifest import ExportError
 from reflex_serve.runtime.policy import Policy
 from reflex_serve.server import codec
 from reflex_serve.server.app import create_app
@@ -202,3 +203,81 @@ def test_an_app_can_be_served_again_after_shutdown(tiny_export):
         with BackgroundServer(app) as srv:
             r = httpx.post(srv.url + "/act", content=act_body(), headers=MSGPACK)
             assert r.status_code == 200
+
+
+def serve_cli(*args: str):
+    """``reflex serve ARGS`` in process (it fails before serving in these tests)."""
+    from typer.testing import CliRunner
+
+    from reflex_serve.cli import app
+
+    return CliRunner().invoke(app, ["serve", *args], env={"COLUMNS": "200", "REFLEX_STORE": ""})
+
+
+@pytest.mark.timeout(60)  # without the check, the mixed export is served: a hang
+def test_serve_refuses_a_mixed_an_incomplete_or_a_missing_export(tiny_export, tmp_path):
+    import shutil
+
+    from reflex_serve.assets import default_teacher
+    from reflex_serve.export.manifest import compute_digest, read_manifest
+
+    mixed = shutil.copytree(tiny_export, tmp_path / "mixed")  # the teacher's manifest,
+    shutil.copy(default_teacher() / "manifest.json", mixed)  # another model's files
+    teacher = read_manifest(default_teacher())
+    found = compute_digest(mixed, teacher)
+    out = serve_cli(str(mixed), "--port", "0")
+    assert out.exit_code == 2, out.output
+    assert f"error: EXPORT_DIR: {mixed} does not match its manifest digest" in out.output
+    assert f"(recorded {teacher.digest}, found {found})" in out.output
+    incomplete = shutil.copytree(tiny_export, tmp_path / "incomplete")
+    (incomplete / "expert.onnx").unlink()
+    out = serve_cli(str(incomplete), "--port", "0")
+    assert out.exit_code == 2
+    assert f"error: EXPORT_DIR: {incomplete / 'expert.onnx'} is missing" in out.output
+    out = serve_cli(str(tmp_path / "nowhere"), "--port", "0")
+    assert out.exit_code == 2 and f"{tmp_path / 'nowhere'}" in out.output
+    assert "does not exist" in out.output and "manifest.json not found" not in out.output
+    with pytest.raises(ExportError, match="expert.onnx is missing"):
+        Policy(incomplete)  # not only when verifying
+
+
+def test_serve_names_a_port_in_use_a_foreign_host_and_an_unusable_data_dir(tiny_export, tmp_path):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        out = serve_cli(str(tiny_export), "--port", str(port))
+    finally:
+        taken.close()
+    assert out.exit_code == 2, out.output
+    assert f"error: --port {port}: address already in use" in out.output
+    out = serve_cli(str(tiny_export), "--host", "1.2.3.4", "--port", "0")
+    assert out.exit_code == 2
+    assert "error: --host 1.2.3.4: cannot assign requested address" in out.output
+    (tmp_path / "file").write_text("not a directory")
+    data_dir = tmp_path / "file" / "data"
+    out = serve_cli(str(tiny_export), "--port", "0", "--collect-data", "--data-dir", str(data_dir))
+    assert out.exit_code == 2 and f"error: --data-dir {data_dir}: cannot create it" in out.output
+    assert "Traceback" not in out.output
+
+
+def test_without_an_admin_key_every_admin_path_is_403_saying_how_to_enable_it(tiny_export):
+    from typer.testing import CliRunner
+
+    from reflex_serve.cli import app as cli
+
+    app = create_app(Policy(tiny_export), ServerSettings(warmup_iters=0))
+    with BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=10) as http:
+        for method, path in (("GET", "/admin/versions"), ("POST", "/admin/versions/x/promote"),
+                             ("POST", "/admin/distill/run-now"), ("GET", "/admin")):
+            r = http.request(method, path, headers={"Authorization": "Bearer k"})
+            assert r.status_code == 403, (method, path)
+            assert r.json()["error"]["code"] == "forbidden"
+            assert "start `reflex serve` with --admin-key" in r.json()["error"]["message"]
+        out = CliRunner().invoke(cli, ["models", "list", "--server", srv.url, "--admin-key", "k"])
+    assert out.exit_code == 2
+    assert "403 forbidden: the admin API is disabled on this server: start `reflex serve` with " \
+           "--admin-key" in out.output

@@ -161,6 +161,8 @@ def read_manifest(export_dir: Path, verify: bool = False) -> Manifest:
             ``verify`` finds that the files do not match the recorded digest.
     """
     path = Path(export_dir) / MANIFEST
+    if not Path(export_dir).exists():
+        raise ExportError(f"{export_dir} is not an export directory: it does not exist")
     if not path.is_file():
         raise ExportError(f"{export_dir} is not an export directory: {MANIFEST} not found")
     try:

@@ -8,6 +8,7 @@ argument or field (never a traceback).
 from __future__ import annotations
 
 import getpass
+import os
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -35,14 +36,27 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _open_store(store: str | None, data_dir: Path | None):
+def _open_store(store: str | None, data_dir: Path | None, *, existing: bool = False):
     from ..storage.engine import StoreError
-    from ..storage.store import Store
+    from .evidence import open_cli_store
 
     try:
-        return Store.open(store, data_dir)
+        return open_cli_store(store, data_dir, existing=existing)
     except StoreError as exc:
-        _fail(f"--store: {exc}")
+        _fail(str(exc))
+
+
+def _check_json_path(json_path: Path | None) -> None:
+    """Exit naming --json unless the report can be written there (before any work)."""
+    if json_path is None or str(json_path) == "-":
+        return
+    parent = json_path.parent
+    if json_path.is_dir():
+        _fail(f"--json {json_path}: is a directory; name a file")
+    if not parent.is_dir():
+        _fail(f"--json {json_path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (json_path.exists() and not os.access(json_path, os.W_OK)):
+        _fail(f"--json {json_path}: not writable")
 
 
 def _default_operator() -> str:
@@ -110,6 +124,7 @@ def run_cmd(
     for path, what in ((candidate, "CANDIDATE"), (reference, "--reference")):
         if not path.is_dir():
             _fail(f"{what}: {path} is not a directory")
+    _check_json_path(json_path)
     st = _open_store(store, data_dir)
     say = (lambda msg: typer.echo(f"gates: {msg}", err=True)) if progress else None
     try:
@@ -148,7 +163,7 @@ def override_cmd(
     """
     from .audit import AuditError, OverrideRefused, may_ship, override
 
-    st = _open_store(store, data_dir)
+    st = _open_store(store, data_dir, existing=True)
     try:
         row = override(st, version, gate, operator, reason)
         decision = may_ship(st, version)
@@ -181,7 +196,8 @@ def show_cmd(
     """
     from .audit import AuditError, latest_report
 
-    st = _open_store(store, data_dir)
+    _check_json_path(json_path)
+    st = _open_store(store, data_dir, existing=True)
     try:
         report = latest_report(st, version)
     except AuditError as exc:

@@ -171,6 +171,37 @@ def default_store_url(data_dir: Path | str | None = None) -> str | None:
     return f"sqlite:///{path.resolve()}" if path.is_file() else None
 
 
+def open_cli_store(store: str | None, data_dir: Path | str | None, *, existing: bool = False):
+    """The :class:`~reflex_serve.storage.store.Store` of a command's ``--store`` /
+    ``--data-dir`` (opened, schema created or upgraded).
+
+    Args:
+        existing: for commands that only read what was recorded: without ``--store``
+            and ``$REFLEX_STORE`` the SQLite file in ``data_dir`` must exist (it is
+            never created, as in :func:`default_store_url`).
+
+    Raises:
+        StoreError: the message starts with the flag at fault (``--store``,
+            ``--data-dir``), or says there is no store at that path.
+    """
+    from ..storage.engine import DEFAULT_DATA_DIR, SQLITE_FILE, StoreError
+    from ..storage.store import Store
+
+    url = store
+    if existing and store is None:
+        url = default_store_url(data_dir)
+        if url is None:
+            directory = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
+            raise StoreError(f"no store at {directory / SQLITE_FILE} (--data-dir {directory}): "
+                             "nothing was recorded there; name one with --store or --data-dir")
+    try:
+        return Store.open(url, data_dir)
+    except StoreError as exc:
+        if str(exc).startswith("--"):
+            raise
+        raise StoreError(f"--store: {exc}") from None
+
+
 def replay_observations(
     manifest: Manifest,
     stats: DatasetStats,

@@ -191,7 +191,8 @@ def teacher_at_steps(teacher_dir: Path | str, num_steps: int, out_dir: Path | st
     Raises:
         CandidateError: ``field`` ``"teacher"`` (missing, corrupt, or not a flow-matching
             teacher), ``"num_steps"`` (below 1, or not below the teacher's own steps),
-            ``"output"`` (a non-empty directory holding something else, or the teacher).
+            ``"output"`` (a non-empty directory holding something else, the teacher, a
+            file, or a place where no directory can be created).
     """
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     teacher = _teacher(teacher_dir)
@@ -205,6 +206,8 @@ def teacher_at_steps(teacher_dir: Path | str, num_steps: int, out_dir: Path | st
         )
     if out_dir.resolve() == teacher_dir.resolve():
         raise CandidateError("output", f"{out_dir} is the teacher's own directory")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CandidateError("output", f"{out_dir} is not a directory")
     derived = Manifest.from_dict(teacher.to_dict())
     derived.num_steps = num_steps
     derived.parent_version = teacher.digest
@@ -228,9 +231,12 @@ def teacher_at_steps(teacher_dir: Path | str, num_steps: int, out_dir: Path | st
                 f"{teacher.version}; an export directory is immutable once written",
             )
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise CandidateError("output", f"cannot create {out_dir}: {exc.strerror or exc}") from None
     try:
         for name in ARTIFACTS:
             _link_or_copy(teacher_dir / name, tmp / name)

@@ -21,6 +21,7 @@ StoreOpt = Annotated[str | None, typer.Option(
 DataDirOpt = Annotated[Path | None, typer.Option(
     help="Directory of the embedded SQLite store (default: data).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+MIN_PREFIX = 4  # as the API's /admin/distill/runs/{run_id}
 
 
 def _fail(message: str) -> NoReturn:
@@ -29,13 +30,14 @@ def _fail(message: str) -> NoReturn:
 
 
 def _open(store: str | None, data_dir: Path | None):
+    """The store to read runs from; never created (exit 2 naming the flag)."""
+    from reflex_serve.gates.evidence import open_cli_store
     from reflex_serve.storage.engine import StoreError
-    from reflex_serve.storage.store import Store
 
     try:
-        return Store.open(store, data_dir)
+        return open_cli_store(store, data_dir, existing=True)
     except StoreError as exc:
-        _fail(f"--store: {exc}")
+        _fail(str(exc))
 
 
 def loop_settings(schedule: str | None, at: str | None, min_new_samples: int | None,
@@ -121,17 +123,19 @@ def show_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """One run: each stage with status, duration and detail; each candidate with its
-    verdict and reason. Exit status 0, or 1 for an unknown run."""
+    verdict and reason. Exit status 0, or 2 for an unknown run or a prefix under 4
+    characters."""
     from reflex_serve.storage.distill_runs import get_run
 
+    if len(run_id.strip()) < MIN_PREFIX:
+        _fail(f"RUN_ID: give at least {MIN_PREFIX} characters of the run id, got {run_id!r}")
     st = _open(store, data_dir)
     try:
         run = get_run(st, run_id)
     finally:
         st.close()
     if run is None:
-        typer.secho(f"no distill run {run_id!r} (or the prefix is not unique)", err=True)
-        raise typer.Exit(1)
+        _fail(f"RUN_ID: no distill run {run_id!r} (or the prefix is not unique)")
     if as_json:
         typer.echo(json.dumps(run, indent=2))
         return

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from urllib.parse import quote
 
 import typer
 
@@ -29,11 +31,22 @@ ActorOpt = Annotated[str | None, typer.Option(help="Who makes the change (record
 ReasonOpt = Annotated[str, typer.Option(help="Why (recorded).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the server's JSON answer.")]
 DEFAULT_SERVER = "http://127.0.0.1:8000"
+_VERSION_RE = re.compile(r"[0-9a-f]{12,64}|sha256:[0-9a-f]{64}")
 
 
 def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _version(value: str, what: str = "VERSION") -> str:
+    """A version argument, lower-cased: 12 to 64 hex digits or ``sha256:<64 hex>``; exits
+    naming ``what`` otherwise (it becomes part of a URL path)."""
+    v = value.strip().lower()
+    if not _VERSION_RE.fullmatch(v):
+        _fail(f"{what}: {value!r} is not a model version (12 or more hex digits, or a "
+              "sha256: digest)")
+    return v
 
 
 def _actor(actor: str | None) -> str:
@@ -120,7 +133,7 @@ def register_cmd(path: Annotated[Path, typer.Argument(help="Export directory (as
 
 def _traffic(slot: str, version: str, fraction: float, server: str, admin_key: str | None,
              actor: str | None, reason: str) -> None:
-    out = call(server, admin_key, "POST", f"/admin/versions/{version}/{slot}",
+    out = call(server, admin_key, "POST", f"/admin/versions/{quote(version, safe='')}/{slot}",
                {"fraction": fraction, "actor": _actor(actor), "reason": reason})
     if out["fraction"] == 0:
         typer.echo(f"{slot} of {out['version']} ended (revision {out['revision']})")
@@ -138,7 +151,7 @@ def shadow_cmd(version: Annotated[str, typer.Argument(help="Model version (12 he
                fraction: FractionArg, server: ServerOpt = DEFAULT_SERVER,
                admin_key: KeyOpt = None, actor: ActorOpt = None, reason: ReasonOpt = "") -> None:
     """Mirror a share of the active version's requests to VERSION (off the response path)."""
-    _traffic("shadow", version, fraction, server, admin_key, actor, reason)
+    _traffic("shadow", _version(version), fraction, server, admin_key, actor, reason)
 
 
 @models_app.command("canary")
@@ -146,7 +159,7 @@ def canary_cmd(version: Annotated[str, typer.Argument(help="Model version (12 he
                fraction: FractionArg, server: ServerOpt = DEFAULT_SERVER,
                admin_key: KeyOpt = None, actor: ActorOpt = None, reason: ReasonOpt = "") -> None:
     """Serve a share of episodes (sticky per episode id) by VERSION; it must pass its gates."""
-    _traffic("canary", version, fraction, server, admin_key, actor, reason)
+    _traffic("canary", _version(version), fraction, server, admin_key, actor, reason)
 
 
 @models_app.command("promote")
@@ -154,6 +167,7 @@ def promote_cmd(version: Annotated[str, typer.Argument(help="Model version (12 h
                 server: ServerOpt = DEFAULT_SERVER, admin_key: KeyOpt = None,
                 actor: ActorOpt = None, reason: ReasonOpt = "", as_json: JsonOpt = False) -> None:
     """Warm-swap VERSION in (refused unless its gates passed or were overridden)."""
+    version = quote(_version(version), safe="")
     out = call(server, admin_key, "POST", f"/admin/versions/{version}/promote",
                {"actor": _actor(actor), "reason": reason})
     _print_swap(out, as_json)
@@ -166,7 +180,8 @@ def rollback_cmd(to: Annotated[str | None, typer.Option(help="A version that was
                  actor: ActorOpt = None, reason: ReasonOpt = "", as_json: JsonOpt = False) -> None:
     """Return to the previous version at once."""
     out = call(server, admin_key, "POST", "/admin/rollback",
-               {"actor": _actor(actor), "reason": reason, "to": to})
+               {"actor": _actor(actor), "reason": reason,
+                "to": _version(to, "--to") if to is not None else None})
     _print_swap(out, as_json)
 
 

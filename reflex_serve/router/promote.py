@@ -122,13 +122,18 @@ class Controller:
     # -- preparing a version ----------------------------------------------------------------
 
     def load(self, info: VersionInfo) -> Policy:
-        """Load a version's sessions (no warm-up). Raises RouterError (stage load)."""
+        """Load a version's sessions (no warm-up), its files checked against its digest.
+
+        Raises:
+            StageError: stage ``load`` (a missing or tampered file names both digests).
+        """
         from reflex_serve.runtime.policy import Policy
 
         if not info.location:
             raise StageError("check", f"{info.version} has no export location registered")
         try:
-            return Policy(info.location, intra_op_threads=self.threads, cache=self.cache)
+            return Policy(info.location, intra_op_threads=self.threads, cache=self.cache,
+                          verify=True)
         except (OSError, ValueError) as exc:  # ExportError is a ValueError
             raise StageError("load", f"cannot load {info.location}: {exc}") from None
 

@@ -85,7 +85,7 @@ def _target(controller: Controller, routes: Routes, current: Policy, to: str | N
                      if s.kind == "promote" and s.to_digest == digest and s.from_digest), None)
         if last is None:
             raise RouterError(409, f"nothing to roll back to: no promote to {current.version} "
-                              "is recorded; name a version with `to`", code="conflict",
+                              "is recorded; name a version (--to, or 'to' in the request body)", code="conflict",
                               field="to")
         to = last.from_digest
     info = controller.registry.resolve(to, field="to")

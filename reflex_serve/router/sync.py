@@ -62,9 +62,10 @@ def bootstrap(controller: Controller) -> None:
             slots={"active": (digest, 1.0)}, states=[(digest, "active")], expect_active=None))
         slots = controller.registry.slots()
     with controller.swap_lock:
-        if not follow(controller, slots):
-            raise RouterError(503, f"cannot serve the store's active version "
-                              f"{slots.active.version}; see the log", code="not_ready")
+        error = _follow(controller, slots)
+    if error is not None:
+        raise RouterError(503, f"cannot serve the store's active version "
+                          f"{slots.active.version}: {error}", code="not_ready")
 
 
 def _load(controller: Controller, digest: str, reference: Policy) -> Policy:
@@ -80,6 +81,11 @@ def _load(controller: Controller, digest: str, reference: Policy) -> Policy:
 def follow(controller: Controller, slots: Slots) -> bool:
     """Apply ``slots`` in process (the caller holds ``controller.swap_lock``); False if
     a version could not be loaded (retried on the next tick)."""
+    return _follow(controller, slots) is None
+
+
+def _follow(controller: Controller, slots: Slots) -> str | None:
+    """:func:`follow`; None when done, else why not (logged)."""
     from reflex_serve.storage.routing import open_swap
 
     router = controller.router
@@ -119,9 +125,9 @@ def follow(controller: Controller, slots: Slots) -> bool:
         router.metrics.swaps.labels("follow", "failed").inc()
         router.metrics.sync_errors.inc()
         log.error("cannot follow the store's revision %d: %s", slots.revision, exc)
-        return False
+        return str(exc)
     router.revision = slots.revision
-    return True
+    return None
 
 
 def _adopt_window(controller: Controller) -> None:

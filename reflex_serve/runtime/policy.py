@@ -52,9 +52,13 @@ class Policy:
         intra_op_threads, inter_op_threads: ONNX Runtime thread pools per session.
         providers: ONNX Runtime execution providers (CPU if None).
         cache: a shared :class:`PrefixCache`; None disables caching.
+        verify: first check that the files match the manifest's digest (what serving
+            does: a tampered or mixed export must not be served under the manifest's
+            version); hashes every artifact once (a few MB for the shipped models).
 
     Raises:
-        ExportError: if the directory is not a valid export.
+        ExportError: if the directory is not a valid export, a file is missing, or
+            ``verify`` finds files that do not match the digest (both digests named).
     """
 
     def __init__(
@@ -66,10 +70,14 @@ class Policy:
         inter_op_threads: int = 1,
         providers: list[str] | None = None,
         cache: PrefixCache | None = None,
+        verify: bool = False,
     ) -> None:
         self.export_dir = Path(export_dir)
-        self.manifest: Manifest = read_manifest(self.export_dir)
+        self.manifest: Manifest = read_manifest(self.export_dir, verify=verify)
         self.version = self.manifest.version
+        for name in (STATS, PREFIX_ONNX, EXPERT_ONNX):
+            if not (self.export_dir / name).is_file():
+                raise ExportError(f"{self.export_dir / name} is missing")
         self.stats = DatasetStats.load(self.export_dir / STATS)
         self.num_steps = self._check_steps(num_steps or self.manifest.num_steps)
         opts = session_options(intra_op_threads, inter_op_threads)

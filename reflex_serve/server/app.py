@@ -10,6 +10,7 @@ Routes (one router per concern, in :mod:`reflex_serve.server.routes`):
     GET  /openapi.json   the contract: request, response and error models
     POST /v1/episodes/{episode_id}/outcome   with data collection only       [API key]
     /admin/...           the versioning router's admin API, with a router   [admin key]
+                         (without one, every /admin path answers 403)
     /admin/distill/...   the self-distilling loop's runs, with a loop       [admin key]
 
 Routers find everything through :func:`reflex_serve.server.state.get_state`.
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from reflex_serve.server.auth import require_admin_key, require_api_key
+from reflex_serve.server.auth import admin_disabled, require_admin_key, require_api_key
 from reflex_serve.server.errors import install_error_handlers
 from reflex_serve.server.routes import act, health, metrics, websocket
 from reflex_serve.server.schemas import ActRequest
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from reflex_serve.storage.collector import DataCollector
 
 log = logging.getLogger(__name__)
+ADMIN_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def create_app(
@@ -144,6 +146,10 @@ def create_app(
         from reflex_serve.server.routes import admin
 
         app.include_router(admin.router, dependencies=[Depends(require_admin_key)])
+    else:  # /admin and /admin/... (distill too) answer 403 saying how to enable them
+        for path in ("/admin", "/admin/{path:path}"):
+            app.add_api_route(path, admin_disabled, methods=ADMIN_METHODS,
+                              include_in_schema=False)
     if distill is not None:
         if router is None:
             raise ValueError("the distill loop needs the versioning router (an admin key)")

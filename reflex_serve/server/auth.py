@@ -18,6 +18,8 @@ from reflex_serve.server.metrics import http_transport
 from reflex_serve.server.state import get_state
 
 _SCHEMES = ("bearer", "api-key")
+ADMIN_DISABLED = ("the admin API is disabled on this server: start `reflex serve` with "
+                  "--admin-key KEY (or $REFLEX_ADMIN_KEY)")
 _bearer = HTTPBearer(
     auto_error=False,
     description="`Authorization: Bearer <api key>` (openpi's `Api-Key <key>` also works).",
@@ -57,6 +59,11 @@ async def require_api_key(
     )
 
 
+async def admin_disabled(request: Request) -> None:
+    """The handler of every ``/admin/...`` path of a server without an admin key: 403."""
+    raise ApiError(403, ADMIN_DISABLED)
+
+
 async def require_admin_key(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
@@ -65,7 +72,7 @@ async def require_admin_key(
     unless the request carries it (the /act key does not open the admin API)."""
     expected = get_state(request).settings.admin_key
     if expected is None:
-        raise ApiError(403, "the admin API is disabled: start the server with --admin-key")
+        raise ApiError(403, ADMIN_DISABLED)
     if not authorized(expected, request.headers.get("authorization")):
         raise ApiError(
             401, "missing or invalid admin key",

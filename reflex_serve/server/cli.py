@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,7 +80,9 @@ def serve(
             worker promotes through the admin API; see :func:`generated_admin_key`).
 
     Raises:
-        ExportError: if ``export_dir`` is not a valid export.
+        ExportError: if ``export_dir`` is not a valid export, misses a file, or its files
+            do not match its manifest's digest.
+        ServeError: ``host`` / ``port`` cannot be bound (the message names the flag).
         StoreError: if ``collect`` names a store that cannot be used.
         RouterError: the store's active version cannot be loaded here.
     """
@@ -89,7 +93,8 @@ def serve(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     cache = PrefixCache(int(cache_mb * MIB)) if cache_mb > 0 else None
-    policy = Policy(export_dir, num_steps=num_steps, intra_op_threads=threads, cache=cache)
+    policy = Policy(export_dir, num_steps=num_steps, intra_op_threads=threads, cache=cache,
+                    verify=True)
     settings = ServerSettings(
         api_key=api_key,
         num_steps=num_steps,
@@ -132,7 +137,13 @@ def serve(
                            teacher=lambda: (active.active.version, active.active.export_dir))
     app = create_app(policy, settings, hooks=hooks, collector=collector, router=controller,
                      distill=loop)
-    sock = bind_socket(host, port)
+    try:
+        sock = listen(host, port)
+    except ServeError:
+        for st in (opened, collector.store if collector is not None else None):
+            if st is not None:
+                st.close()
+        raise
     bound_port = sock.getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host
     if loop is not None:
@@ -157,6 +168,27 @@ def serve(
         if opened is not None:
             opened.close()
     print("reflex-serve: stopped", flush=True)
+
+
+class ServeError(ValueError):
+    """The server cannot start as asked; the message starts with the flag at fault."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """:func:`~reflex_serve.server.runner.bind_socket`, its failures as :class:`ServeError`
+    naming ``--port`` (in use, not allowed) or ``--host`` (not an address of this machine,
+    unknown name)."""
+    try:
+        return bind_socket(host, port)
+    except socket.gaierror as exc:
+        raise ServeError(f"--host {host}: {exc.strerror or exc}") from None
+    except OverflowError as exc:
+        raise ServeError(f"--port {port}: {exc}") from None
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise ServeError(f"--port {port}: {reason}") from None
+        raise ServeError(f"--host {host}: {reason}") from None
 
 
 def generated_admin_key() -> str:

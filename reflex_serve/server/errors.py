@@ -170,6 +170,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
+        body_error = _body_error(request.headers.get("content-type"), first)
+        if body_error is not None:
+            return body_error.response()
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header")]
         field = ".".join(loc) or None
         return ApiError(422, first.get("msg", "invalid request"), field=field).response()
@@ -182,3 +185,32 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def _body_error(content_type: str | None, error: dict) -> ApiError | None:
+    """The 400 / 415 for a JSON body model's request whose body as a whole is unusable,
+    as ``POST /act`` answers: not JSON, empty or not an object (400 ``malformed_body``),
+    sent as another media type (415). None for errors about a field (those stay 422)."""
+    loc, kind = tuple(error.get("loc", ())), error.get("type")
+    if not loc or loc[0] != "body":
+        return None
+    media = (content_type or "").split(";")[0].strip().lower()
+    if kind == "json_invalid":
+        reason = error.get("ctx", {}).get("error", "not valid JSON")
+        return ApiError(400, f"malformed JSON body: {reason}")
+    if len(loc) != 1:
+        return None
+    if kind == "missing":
+        return ApiError(400, "the request body is empty; send a JSON object")
+    if kind != "model_attributes_type":
+        return None
+    raw = error.get("input")
+    if not isinstance(raw, bytes | bytearray):  # parsed JSON, but not an object
+        return ApiError(400, "the request body must be a JSON object")
+    if media and media != "application/json":
+        return ApiError(415, f"unsupported Content-Type {media!r}; send application/json")
+    try:
+        json.loads(raw)
+    except ValueError as exc:
+        return ApiError(400, f"malformed JSON body: {exc}")
+    return ApiError(415, "no Content-Type; send the JSON body as application/json")

@@ -296,8 +296,8 @@ def get_run(store: Store, run_id: str) -> dict[str, Any] | None:
     """A run with its ``stages`` (in order) and ``candidates``; a unique prefix of the id
     also finds it. None if unknown."""
     with store.session(commit=False) as s:
-        rows = list(s.scalars(select(DistillRun).where(DistillRun.id.startswith(run_id))
-                              .limit(2)))
+        prefix = DistillRun.id.startswith(run_id, autoescape=True)  # '%' and '_' literal
+        rows = list(s.scalars(select(DistillRun).where(prefix).limit(2)))
         if len(rows) != 1:
             return None
         out = run_dict(rows[0])

@@ -34,12 +34,17 @@ def resolve_url(store: str | None = None, data_dir: Path | str | None = None) ->
     The data directory is created when a SQLite file is chosen there.
 
     Raises:
-        StoreError: if the URL is malformed or names an unsupported backend.
+        StoreError: if the URL is malformed or names an unsupported backend, or the data
+            directory cannot be created (the message names ``--data-dir``).
     """
     url = store or os.environ.get(STORE_ENV)
     if not url:
         directory = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"--data-dir {directory}: cannot create it: "
+                             f"{exc.strerror or exc}") from None
         return f"sqlite:///{(directory / SQLITE_FILE).resolve()}"
     return normalize_url(url)
 

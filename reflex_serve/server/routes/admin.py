@@ -29,7 +29,7 @@ from reflex_serve.router.errors import RouterError
 from reflex_serve.server.errors import ApiError, ErrorCode, error_responses
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-_ERRORS = error_responses(401, 403, 404, 409, 422, 503)
+_ERRORS = error_responses(400, 401, 403, 404, 409, 415, 422, 503)
 VersionPath = Annotated[str, Path(description="Model version: 12 hex digits or the digest.")]
 
 

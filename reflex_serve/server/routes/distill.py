@@ -19,7 +19,7 @@ from reflex_serve.server.errors import ApiError, error_responses
 from reflex_serve.storage.loop_models import RUN_STATUSES
 
 router = APIRouter(prefix="/admin/distill", tags=["distill"])
-_ERRORS = error_responses(401, 403, 404, 409, 422)
+_ERRORS = error_responses(400, 401, 403, 404, 409, 415, 422)
 
 
 class RunNowRequest(BaseModel):

@@ -38,7 +38,7 @@ EpisodeIdPath = Annotated[
     ),
 ]
 _ERRORS = {
-    **error_responses(401, 422),
+    **error_responses(400, 401, 415, 422),
     404: {"model": ErrorResponse, "description": "Unknown episode (`not_found`)."},
     503: {"model": ErrorResponse, "description": "The data store is unavailable (`not_ready`)."},
 }
