@@ -99,10 +99,11 @@ def reference_actions(
     """LeRobot's `predict_action_chunk` output for one observation (in_venv/reference.py).
 
     images: uint8 (cams, H, W, 3) in `cameras` order (LeRobot feature suffixes);
-    state: (state_dim,) raw; noise: (chunk_size, max_action_dim) float32 x at t = 1, or
-    None to draw it from torch.manual_seed(seed) in the venv. Returns the arrays of the
-    script's OUT.npz (actions, actions_normalized, noise, state_normalized, lang_tokens,
-    lang_mask, act_ms, num_steps). Errors as run_script.
+    state: (state_dim,) raw; noise: (chunk_size, max_action_dim) float32 x at t = 1,
+    (K, chunk_size, max_action_dim) for K runs in one process (actions etc. then have a
+    leading K), or None to draw it from torch.manual_seed(seed) in the venv. Returns the
+    arrays of the script's OUT.npz (actions, actions_normalized, noise, state_normalized,
+    lang_tokens, lang_mask, act_ms, num_steps). Errors as run_script.
     """
     with tempfile.TemporaryDirectory(prefix="reflex-lerobot-ref-") as tmp:
         obs_path, out_path = Path(tmp) / "obs.npz", Path(tmp) / "out.npz"
