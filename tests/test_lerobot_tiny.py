@@ -14,17 +14,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lerobot_helpers import (
+    INSTRUCTION,
+    build_pair,
+    make_noises,
+    make_observation,
+    requires_venv,
+    tokenizer_vocab,
+)
 from safetensors.numpy import load_file
 
 from reflex_serve.lerobot_import import venv
 
-pytestmark = pytest.mark.skipif(
-    not (venv.venv_dir() / "bin" / "python").exists(),
-    reason=f"{venv.venv_dir()}/bin/python missing: {venv.SETUP_HINT}",
-)
+pytestmark = requires_venv
 
-CAMERAS = ["cam_high", "cam_wrist"]
-INSTRUCTION = "pick the cube"
 # kind: (parameters, expert width, preprocessor normaliser step, padded token count)
 TINY = {
     "smolvla": (407_784, 48, 5, None),  # 4 VLM layers of width 64, vision tower 32
@@ -40,27 +43,17 @@ def hf_home(tmp_path_factory):
 @pytest.fixture(scope="module", params=sorted(TINY))
 def checkpoints(request, tmp_path_factory, hf_home):
     """Two tiny checkpoints of one kind: seeds 0 and 1 (same config, different weights)."""
-    root = tmp_path_factory.mktemp(request.param)
-    return [
-        venv.build_tiny(request.param, root / f"seed{s}", seed=s, hf_home=hf_home) for s in (0, 1)
-    ]
+    return build_pair(request.param, tmp_path_factory.mktemp(request.param), hf_home)
 
 
 @pytest.fixture(scope="module")
 def observation():
-    rng = np.random.default_rng(7)
-    return {
-        "images": rng.integers(0, 256, (2, 48, 64, 3), dtype=np.uint8),
-        "cameras": CAMERAS,
-        "state": rng.standard_normal(6).astype(np.float32),
-        "instruction": INSTRUCTION,
-    }
+    return make_observation()
 
 
 @pytest.fixture(scope="module")
 def noises():
-    rng = np.random.default_rng(11)
-    return rng.standard_normal((2, 10, 8)).astype(np.float32)
+    return make_noises()
 
 
 @pytest.fixture(scope="module")
@@ -127,15 +120,6 @@ def test_reload_reproduces_and_weights_and_noise_matter(
         checkpoints[1]["checkpoint"], noise=noises[0], hf_home=hf_home, **observation
     )
     assert np.abs(fresh["actions"] - ref["actions"][0]).max() > 0.1
-
-
-def tokenizer_vocab(kind: str, ckpt: str, hf_home) -> dict[str, int]:
-    """Vocabulary of the tiny tokenizer a checkpoint uses (one id per character)."""
-    if kind == "smolvla":
-        path = Path(ckpt, "tiny-smolvlm", "tokenizer.json")
-    else:  # the fake hub-cache entry of google/paligemma-3b-pt-224
-        (path,) = Path(hf_home, "hub").glob("models--google--paligemma*/snapshots/*/tokenizer.json")
-    return json.loads(path.read_text())["model"]["vocab"]
 
 
 def test_normalisation_and_tokens_match_the_saved_files(checkpoints, observation, ref, hf_home):

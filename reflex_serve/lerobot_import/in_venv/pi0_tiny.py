@@ -1,15 +1,15 @@
-"""What a tiny random-weight pi0 needs offline: a fake PaliGemma tokenizer and small sizes.
+"""What a tiny random-weight pi0 / pi0.5 needs offline: a fake PaliGemma tokenizer, small sizes.
 
 RUN ONLY INSIDE THE LEROBOT VENV (see offline.py).
 
-lerobot 0.6.1 hard-codes pi0's sizes (LEROBOT.md): `paligemma_variant` accepts only
+lerobot 0.6.1 hard-codes pi0's and pi0.5's sizes (LEROBOT.md): `paligemma_variant` accepts only
 gemma_2b / gemma_300m, the PaliGemma config is built with a 257,152-token vocabulary and
 a SigLIP-so400m vision tower projecting to 2048, and the pre-processor loads the
-tokenizer `google/paligemma-3b-pt-224` by hub name. So a tiny pi0
+tokenizer `google/paligemma-3b-pt-224` by hub name. So a tiny pi0 / pi0.5
 
 - gets a fake hub-cache entry for that name under HF_HOME (`write_fake_paligemma_cache`);
 - is built and RELOADED with `patch_pi0_sizes()` applied, which swaps three names in
-  `lerobot.policies.pi0.modeling_pi0` for small versions (the saved config still says
+  `lerobot.policies.pi0.modeling_pi0` and `...pi05.modeling_pi05` for small versions (the saved config still says
   gemma_2b, so the patch must be active at `from_pretrained` too). A checkpoint built
   this way carries MARKER; reference.py applies the patch when it sees it.
 """
@@ -61,9 +61,19 @@ def write_fake_paligemma_cache(hf_home: str | Path) -> Path:
 
 
 def patch_pi0_sizes() -> None:
-    """Make lerobot's pi0 build the tiny sizes above (idempotent; this process only)."""
-    from lerobot.policies.pi0 import modeling_pi0 as m
+    """Make lerobot's pi0 and pi0.5 build the tiny sizes above (idempotent; this process).
 
+    Both `lerobot.policies.pi0.modeling_pi0` and `...pi05.modeling_pi05` get the three
+    replacements (each module holds its own copy of the names).
+    """
+    from lerobot.policies.pi0 import modeling_pi0
+    from lerobot.policies.pi05 import modeling_pi05
+
+    for m in (modeling_pi0, modeling_pi05):
+        _patch(m)
+
+
+def _patch(m) -> None:
     if getattr(m, "_reflex_tiny", False):
         return
     real_paligemma, real_expert = (
@@ -96,7 +106,7 @@ def patch_pi0_sizes() -> None:
 
 
 def prepare_reload(checkpoint: Path, hf_home: Path) -> bool:
-    """Before loading `checkpoint`: if it is a tiny pi0, patch and write the fake cache."""
+    """Before loading `checkpoint`: if it is a tiny pi0 / pi0.5, patch, write the fake cache."""
     if not (checkpoint / MARKER).exists():
         return False
     write_fake_paligemma_cache(hf_home)

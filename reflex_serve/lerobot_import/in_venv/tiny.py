@@ -2,7 +2,7 @@
 
 RUN ONLY INSIDE THE LEROBOT VENV (see offline.py). Usage:
 
-    .venv-lerobot/bin/python reflex_serve/lerobot_import/in_venv/tiny.py {smolvla,pi0} OUT_DIR \
+    .venv-lerobot/bin/python reflex_serve/lerobot_import/in_venv/tiny.py {smolvla,pi0,pi05} OUT_DIR \
         [--seed 0] [--hf-home DIR]
 
 OUT_DIR receives what `policy.save_pretrained` and the processors' `save_pretrained`
@@ -10,7 +10,7 @@ write (config.json, model.safetensors, policy_preprocessor.json,
 policy_postprocessor.json and their normaliser .safetensors state files) plus
 for SmolVLA `tiny-smolvlm/`, the weightless SmolVLM directory the saved config points
 at (an absolute path: the checkpoint must stay where it was built, or be rebuilt), and
-for pi0 the marker of pi0_tiny.py (its sizes are patched in at build and reload). A summary
+for pi0 / pi0.5 the marker of pi0_tiny.py (its sizes are patched in at build and reload). A summary
 (parameter count, file sizes, seconds) is printed as one JSON line on stdout.
 
 Geometry (LEROBOT.md): two cameras 3x48x64, state 6, action 6, chunk 10 executing 10,
@@ -105,24 +105,32 @@ def build_smolvla(out_dir: Path, seed: int):
     return policy, pre, post
 
 
-def build_pi0(out_dir: Path, seed: int):
-    """Construct a tiny pi0 (random weights under `seed`, sizes of pi0_tiny) + processors.
+def build_paligemma_family(kind: str, out_dir: Path, seed: int):
+    """Construct a tiny pi0 or pi0.5 (random weights under `seed`, pi0_tiny sizes).
 
     Needs HF_HOME set (offline_env): the fake tokenizer cache entry is written there.
-    Writes the pi0_tiny.MARKER file into `out_dir`.
+    Writes the pi0_tiny.MARKER file into `out_dir`. pi0.5 writes the discretised state
+    into the prompt ("Task: ..., State: ...;\nAction: "), about 70 characters for 6
+    dims, hence its longer token budget with the character-level tokenizer.
     """
     import os
 
     import torch
-    from lerobot.policies.pi0.configuration_pi0 import PI0Config
-    from lerobot.policies.pi0.modeling_pi0 import PI0Policy
-    from lerobot.policies.pi0.processor_pi0 import make_pi0_pre_post_processors
     from pi0_tiny import IMAGE_SIZE, MARKER, patch_pi0_sizes, write_fake_paligemma_cache
+
+    if kind == "pi0":
+        from lerobot.policies.pi0.configuration_pi0 import PI0Config as Config
+        from lerobot.policies.pi0.modeling_pi0 import PI0Policy as Policy
+        from lerobot.policies.pi0.processor_pi0 import make_pi0_pre_post_processors as procs
+    else:
+        from lerobot.policies.pi05.configuration_pi05 import PI05Config as Config
+        from lerobot.policies.pi05.modeling_pi05 import PI05Policy as Policy
+        from lerobot.policies.pi05.processor_pi05 import make_pi05_pre_post_processors as procs
 
     write_fake_paligemma_cache(os.environ["HF_HOME"])
     patch_pi0_sizes()
     inputs, outputs = features()
-    config = PI0Config(
+    config = Config(
         input_features=inputs,
         output_features=outputs,
         chunk_size=10,
@@ -130,18 +138,22 @@ def build_pi0(out_dir: Path, seed: int):
         max_state_dim=8,
         max_action_dim=8,
         image_resolution=(IMAGE_SIZE, IMAGE_SIZE),
-        tokenizer_max_length=16,
+        tokenizer_max_length=16 if kind == "pi0" else 96,
         dtype="float32",
         device="cpu",
     )
     torch.manual_seed(seed)
-    policy = PI0Policy(config).eval()
-    pre, post = make_pi0_pre_post_processors(config, dataset_stats=synthetic_stats(seed))
-    (out_dir / MARKER).write_text('{"note": "tiny pi0: reload with pi0_tiny.patch_pi0_sizes"}')
+    policy = Policy(config).eval()
+    pre, post = procs(config, dataset_stats=synthetic_stats(seed))
+    (out_dir / MARKER).write_text('{"note": "tiny: reload with pi0_tiny.patch_pi0_sizes"}')
     return policy, pre, post
 
 
-BUILDERS = {"smolvla": build_smolvla, "pi0": build_pi0}
+BUILDERS = {
+    "smolvla": build_smolvla,
+    "pi0": lambda out_dir, seed: build_paligemma_family("pi0", out_dir, seed),
+    "pi05": lambda out_dir, seed: build_paligemma_family("pi05", out_dir, seed),
+}
 
 
 def save(kind: str, out_dir: Path, seed: int) -> dict:
