@@ -66,3 +66,30 @@ def test_a_weaker_student_fails_task_success_and_per_task_regression(tmp_path):
     assert p2.value == pytest.approx(p1.data["reference_rate"]) and "reach-v3" in p2.detail
     assert report.evidence["replay_kind"] == "store" and report.evidence["replay_observations"] >= 4
     assert np.isfinite(report.result("S3").value)
+
+
+def test_a_store_with_too_few_held_out_rows_gives_way_to_the_demo_frames(tmp_path):
+    from typer.testing import CliRunner
+
+    from reflex_serve.cli import app
+    from reflex_serve.gates.evidence import replay_observations
+    from reflex_serve.runtime.policy import Policy
+
+    demos = tmp_path / "demos"
+    res = CliRunner().invoke(app, ["sim", "collect", "--tasks", "reach-v3",
+                                   "--episodes-per-task", "1", "--out", str(demos)])
+    assert res.exit_code == 0, res.output
+    store = metaworld_store(f"sqlite:///{tmp_path / 'store.sqlite'}", episodes=20)
+    try:
+        teacher = Policy(default_teacher())
+        m, stats = teacher.manifest, teacher.stats
+        held_out = replay_observations(m, stats, 64, store=store, data=demos, min_store=1)
+        k = len(held_out.observations)
+        assert held_out.kind == "store" and 1 <= k < 8  # about 10% of 20 first frames
+        replay = replay_observations(m, stats, 64, store=store, data=demos, min_store=8)
+        assert replay.kind == "demos" and len(replay.observations) > k
+        assert f"held-out split has {k} observations, fewer than 8" in replay.notes[-1]
+        alone = replay_observations(m, stats, 64, store=store, min_store=8)
+        assert alone.kind == "store" and len(alone.observations) == k  # nothing to fall back on
+    finally:
+        store.close()

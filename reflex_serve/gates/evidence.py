@@ -212,8 +212,13 @@ def replay_observations(
     holdout_pct: float = 10.0,
     synthetic: bool = False,
     seed: int = 0,
+    min_store: int = 1,
 ) -> Replay:
     """Replay observations from the best real source available (module docstring).
+
+    The store's held-out split is used when it gives at least ``min_store``
+    observations, or when there is no ``data`` to fall back on; otherwise the demo
+    frames are, and the notes say how few the store had.
 
     Args:
         store: an open Store or a URL (held-out split), or None to skip.
@@ -232,7 +237,10 @@ def replay_observations(
     if store is not None:
         try:
             obs = store_observations(store, manifest, n, holdout_pct)
-            return Replay(obs, "store", f"store held-out split ({len(obs)} observations)")
+            if len(obs) >= min_store or data is None:
+                return Replay(obs, "store", f"store held-out split ({len(obs)} observations)")
+            notes.append(f"the store's held-out split has {len(obs)} observations, fewer "
+                         f"than {min_store}: the demo frames of {data} are used instead")
         except EvidenceError as exc:
             notes.append(str(exc))
     if data is not None:

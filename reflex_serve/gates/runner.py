@@ -87,6 +87,7 @@ def _safety_and_agreement(
             store=store,
             data=data,
             holdout_pct=ev.holdout_pct,
+            min_store=ev.min_observations,
         )
     except EvidenceError as exc:
         raise GateInputError(str(exc)) from None
