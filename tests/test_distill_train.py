@@ -70,7 +70,7 @@ def test_the_student_at_step_zero_is_the_teacher(setup):
 
 def test_only_flow_matching_teachers_are_accepted(setup, tmp_path):
     _root, teacher, _ = setup
-    with pytest.raises(TeacherError, match="not found"):
+    with pytest.raises(TeacherError, match="does not exist"):
         load_teacher(tmp_path / "nothing")
     student_dir = tmp_path / "student"
     export_policy(
