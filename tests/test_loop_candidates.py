@@ -231,6 +231,10 @@ def gated(tmp_path_factory):
         # not under test here: a 2-core machine shared with other jobs times noisily
         latency_speedup={"max_ratio": 0.9},
         latency_p99_budget={"budget_ms": 1000.0},
+        # six first frames of reach-v3 episodes, 8 draws: the shipped teacher at 2 steps
+        # scores 0.44 there (0.23 on 64 demonstration frames of the six tasks), at 1 step
+        # 1.1; the default limit 0.4 is calibrated on 64 frames (docs/gates.md)
+        action_agreement={"max_energy": 0.6},
     )
     lines = []
     options = GateOptions(config=cfg, actor="test", progress=lines.append)
