@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from router_helpers import ADMIN_KEY, WIDE_LIMITS, record_gates, router_server, variant
+from router_helpers import ADMIN_KEY, WIDE_LIMITS, admin, record_gates, router_server, variant
 from typer.testing import CliRunner
 
 from reflex_serve.cli import app
@@ -176,3 +176,16 @@ def test_the_router_refuses_to_load_a_version_whose_files_do_not_match_its_diges
             open_router(Policy(teacher), store)
     finally:
         store.close()
+
+
+def test_a_router_without_the_loop_says_how_to_turn_the_loop_on(exports, tmp_path):
+    teacher, _ = exports
+    with router_server(teacher, f"sqlite:///{tmp_path / 's.sqlite'}") as (server, _, _):
+        for method, path in (("POST", "/admin/distill/run-now"), ("GET", "/admin/distill/runs"),
+                             ("GET", "/admin/distill/runs/abcd")):
+            r = admin(server.url, method, path)
+            assert r.status_code == 404, (method, path)
+            assert r.json()["error"]["code"] == "not_found"
+            assert "--distill-schedule" in r.json()["error"]["message"]
+        assert admin(server.url, "GET", "/admin/distill/runs", key="wrong").status_code == 401
+        assert admin(server.url, "GET", "/admin/versions").status_code == 200

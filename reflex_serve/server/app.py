@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from reflex_serve.server.auth import admin_disabled, require_admin_key, require_api_key
+from reflex_serve.server.auth import (
+    admin_disabled,
+    loop_disabled,
+    require_admin_key,
+    require_api_key,
+)
 from reflex_serve.server.errors import install_error_handlers
 from reflex_serve.server.routes import act, health, metrics, websocket
 from reflex_serve.server.schemas import ActRequest
@@ -156,6 +161,10 @@ def create_app(
         from reflex_serve.server.routes import distill as distill_routes
 
         app.include_router(distill_routes.router, dependencies=[Depends(require_admin_key)])
+    elif router is not None:  # a router without a loop: say how to turn it on
+        for path in ("/admin/distill", "/admin/distill/{path:path}"):
+            app.add_api_route(path, loop_disabled, methods=ADMIN_METHODS, include_in_schema=False,
+                              dependencies=[Depends(require_admin_key)])
     _document_request_models(app)
     return app
 

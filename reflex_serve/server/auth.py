@@ -59,6 +59,16 @@ async def require_api_key(
     )
 
 
+LOOP_DISABLED = ("the self-distilling loop is off on this server: start `reflex serve` with "
+                 "--collect-data --distill-schedule SPEC (docs/loop.md)")
+
+
+async def loop_disabled(request: Request) -> None:
+    """The handler of ``/admin/distill/...`` on a router without a loop: 404 saying how
+    to turn the loop on (after the admin key check)."""
+    raise ApiError(404, LOOP_DISABLED)
+
+
 async def admin_disabled(request: Request) -> None:
     """The handler of every ``/admin/...`` path of a server without an admin key: 403."""
     raise ApiError(403, ADMIN_DISABLED)
