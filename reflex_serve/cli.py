@@ -312,9 +312,13 @@ def eval_cmd(
         except ReflexClientError as exc:
             fail(f"--server {server}: {exc}")
     else:
+        from .export.manifest import ExportError
         from .runtime.policy import Policy
 
-        policy = Policy(resolve_export(export_dir), intra_op_threads=threads)
+        try:
+            policy = Policy(resolve_export(export_dir), intra_op_threads=threads, verify=True)
+        except ExportError as exc:
+            fail(f"EXPORT_DIR: {exc}")
         client, summary = LocalClient(policy), policy.manifest
     settings = sim_settings_from_manifest(summary)
     run_eval(client, task_list, num_episodes, seed, out_dir=out, gif=gif, num_steps=num_steps,

@@ -91,6 +91,22 @@ def test_cli_mistakes_name_what_is_wrong(args, text):
     assert text in res.output
 
 
+def test_eval_refuses_an_export_whose_files_do_not_match_its_digest(tmp_path):
+    import shutil
+
+    from reflex_serve.assets import default_teacher
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(default_teacher(), bad)
+    with open(bad / "expert.onnx", "ab") as f:
+        f.write(b"\0")
+    for args in (["eval", str(bad), "--tasks", "reach-v3", "--num-episodes", "1"],
+                 ["sim", "probe", str(bad), "--tasks", "reach-wall-v3"]):
+        res = runner.invoke(app, args, env=ENV)
+        assert res.exit_code == 2, res.output
+        assert "does not match its manifest digest" in res.output, res.output
+
+
 def test_reflex_entry_point_is_installed():
     out = subprocess.run([sys.executable, "-m", "reflex_serve.cli", "--help"], capture_output=True, text=True,
                          check=False)

@@ -361,9 +361,13 @@ def _make_client(
             raise typer.BadParameter(str(e), param_hint="--server") from None
     from reflex_serve.cli import resolve_export
     from reflex_serve.client import LocalClient
+    from reflex_serve.export.manifest import ExportError
     from reflex_serve.runtime.policy import Policy
 
-    policy = Policy(resolve_export(export_dir), intra_op_threads=threads)
+    try:
+        policy = Policy(resolve_export(export_dir), intra_op_threads=threads, verify=True)
+    except ExportError as exc:
+        raise typer.BadParameter(str(exc), param_hint="EXPORT_DIR") from None
     return LocalClient(policy), policy.manifest
 
 
