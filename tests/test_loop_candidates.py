@@ -190,6 +190,8 @@ def test_a_refusal_names_each_gate_with_its_value_or_why_it_was_not_evaluated():
         "P3 action_agreement 1.31 (needs <= 0.5): relative energy 1.310 > 0.5"
     )
     assert describe_failure(p1) == "P1 task_success not evaluated: 10 episodes cannot"
+    close = GateResult.make("P1", ">=", 0.94333, 0.94296, 150, "fail", "147/150")
+    assert describe_failure(close) == "P1 task_success 0.943 (needs >= 0.9433): 147/150"
     assert describe_failure(s1) == (
         "S1 finite failed: cannot be evaluated, so it fails: no replay observations"
     )

@@ -28,8 +28,13 @@ def describe_failure(r: GateResult) -> str:
         return f"{head} not evaluated: {r.detail}"
     if r.value is None:
         return f"{head} failed: {r.detail}"
-    needs = f" (needs {r.comparison} {_num(r.threshold)})" if r.threshold is not None else ""
-    return f"{head} {_num(r.value)}{needs}: {r.detail}"
+    if r.threshold is None:
+        return f"{head} {_num(r.value)}: {r.detail}"
+    digits = 3  # enough digits that a value just short of its threshold does not read equal
+    while digits < 8 and f"{r.value:.{digits}g}" == f"{r.threshold:.{digits}g}" != f"{r.value}":
+        digits += 1
+    value, bar = f"{r.value:.{digits}g}", f"{r.threshold:.{digits}g}"
+    return f"{head} {value} (needs {r.comparison} {bar}): {r.detail}"
 
 
 @dataclass
