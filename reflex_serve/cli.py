@@ -225,7 +225,7 @@ def serve_cmd(
     elif hash_instructions or no_images or ((store or data_dir) and admin_key is None):
         raise typer.BadParameter("needs --collect-data", param_hint="--store/--data-dir/--hash-instructions/--no-images")
     loop = loop_settings(distill_schedule, distill_at, min_new_samples, distill_threads, distill_steps,
-                         loop_config, collect_data=collect_data)
+                         loop_config, collect_data=collect_data, data_dir=data_dir)
     if loop is not None and admin_key is None:
         from .server.cli import generated_admin_key
 

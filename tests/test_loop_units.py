@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,6 +111,19 @@ def test_loop_settings_from_toml_with_flags_on_top(tmp_path):
         load_loop_config(f)
     with pytest.raises(LoopConfigError, match="--distill-schedule 'sometimes'"):
         load_loop_config(None, schedule="sometimes")
+
+
+def test_run_directories_go_beside_the_store_unless_the_loop_file_says_otherwise(tmp_path):
+    from reflex_serve.loop.cli import loop_settings
+
+    args = ("every 1h", None, None, None, None)
+    assert loop_settings(*args, None, collect_data=True).work_dir == Path("data/loop")
+    beside = loop_settings(*args, None, collect_data=True, data_dir=tmp_path / "d")
+    assert beside.work_dir == tmp_path / "d" / "loop"
+    f = tmp_path / "loop.toml"
+    f.write_text(f'work_dir = "{tmp_path / "elsewhere"}"\n')
+    assert loop_settings(*args, f, collect_data=True, data_dir=tmp_path / "d").work_dir == (
+        tmp_path / "elsewhere")
 
 
 def test_exit_reasons_name_the_signal_or_the_status():

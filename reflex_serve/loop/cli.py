@@ -42,9 +42,10 @@ def _open(store: str | None, data_dir: Path | None):
 
 def loop_settings(schedule: str | None, at: str | None, min_new_samples: int | None,
                   threads: int | None, steps: int | None, config_file: Path | None,
-                  *, collect_data: bool) -> Any:
+                  *, collect_data: bool, data_dir: Path | None = None) -> Any:
     """The loop's settings from ``reflex serve`` options (None without
-    ``--distill-schedule``).
+    ``--distill-schedule``). With ``--data-dir`` and no ``work_dir`` in the loop file,
+    run directories go to ``DATA_DIR/loop`` (beside the store), not ``./data/loop``.
 
     Raises:
         typer.BadParameter: naming the flag (a bad schedule gives examples).
@@ -68,10 +69,13 @@ def loop_settings(schedule: str | None, at: str | None, min_new_samples: int | N
         raise typer.BadParameter("needs --collect-data (the loop distills the traffic it "
                                  "collects)", param_hint="--distill-schedule")
     try:
-        return load_loop_config(config_file, schedule=spec, min_new_samples=min_new_samples,
-                                threads=threads, distill_steps=steps)
+        cfg = load_loop_config(config_file, schedule=spec, min_new_samples=min_new_samples,
+                               threads=threads, distill_steps=steps)
     except LoopConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="--loop-config") from None
+    if data_dir is not None and "work_dir" not in cfg.model_fields_set:
+        cfg = cfg.model_copy(update={"work_dir": Path(data_dir) / "loop"})
+    return cfg
 
 
 def _when(iso: str | None) -> str:
