@@ -7,8 +7,8 @@ Prometheus, so ``sum by (le)``, ``on()``, function names, label names and string
 literals are never taken for metrics, which a regular expression over identifiers gets
 wrong). The tests compare that set with what a running server exports.
 
-``DISTILL_METRICS`` are the names fixed by the distill-loop contract
-(``reflex_serve.loop``): a server exports them only when that package is installed.
+``DISTILL_METRICS`` are the names of the distill loop (``reflex_serve.loop``): a server
+exports them when it runs the loop (``--distill-schedule``).
 """
 
 from __future__ import annotations
@@ -140,20 +140,3 @@ def used_metric_names() -> dict[str, list[str]]:
         for metric in metric_names(promql) if promql else ():
             used[metric].append(f"dashboard: {where}")
     return dict(used)
-
-
-def loop_exports_distill_metrics() -> tuple[bool, str]:
-    """(True, "") when ``reflex_serve.loop`` is importable and its sources define the
-    contract's metrics; else (False, why) for the test to skip those names with."""
-    try:
-        from reflex_serve import loop
-    except ImportError as exc:
-        return False, f"reflex_serve.loop is not importable yet ({exc})"
-    sources = "".join(p.read_text() for p in Path(loop.__file__).parent.glob("*.py"))
-    missing = sorted(n for n in ("reflex_distill_runs", "reflex_distill_run_duration_seconds",
-                                 "reflex_distill_last_run_timestamp_seconds",
-                                 "reflex_distill_next_run_timestamp_seconds",
-                                 "reflex_distill_running") if n not in sources)
-    if missing:
-        return False, f"reflex_serve.loop does not define {', '.join(missing)} yet"
-    return True, ""

@@ -29,7 +29,6 @@ from observability_helpers import (
     REPO,
     dashboard_exprs,
     grafana_promql,
-    loop_exports_distill_metrics,
     rule_exprs,
     sample_names,
     used_metric_names,
@@ -87,15 +86,12 @@ def stack(tmp_path_factory):
     """(server URL, its /metrics text, Prometheus URL) once Prometheus has scraped."""
     tmp = tmp_path_factory.mktemp("observability-prometheus")
     store_url = f"sqlite:///{tmp / 'store.sqlite'}"
-    loop_ok, _ = loop_exports_distill_metrics()
     Store.open(store_url).close()  # the schema
-    if loop_ok:
-        record_failed_distill_run(store_url)
+    record_failed_distill_run(store_url)
     candidate = variant(TEACHER, tmp / "candidate", tag="observability")
     args = ["--collect-data", "--store", store_url, "--admin-key", ADMIN_KEY,
-            "--collect-flush-s", "0.1"]
-    if loop_ok:
-        args += ["--distill-schedule", NOT_DUE, "--min-new-samples", "1000000"]
+            "--collect-flush-s", "0.1", "--distill-schedule", NOT_DUE,
+            "--min-new-samples", "1000000"]
     procs = []
     try:
         server, url = spawn_server(TEACHER, *args, timeout_s=DEADLINE_S)
@@ -185,9 +181,6 @@ def test_prometheus_holds_every_serving_metric_the_rules_and_dashboard_use(stack
 
 
 def test_prometheus_holds_the_distill_loop_metrics(stack):
-    loop_ok, why = loop_exports_distill_metrics()
-    if not loop_ok:
-        pytest.skip(f"expected later: {', '.join(sorted(DISTILL_METRICS))}: {why}")
     _, _, prom_url = stack
     _, distill = split_used()
     assert distill == DISTILL_METRICS
@@ -200,26 +193,21 @@ def test_prometheus_holds_the_distill_loop_metrics(stack):
 def test_every_query_names_only_metrics_the_server_exports(stack):
     _, metrics, _ = stack
     exported = sample_names(metrics)
-    loop_ok, why = loop_exports_distill_metrics()
     missing = {name: where for name, where in used_metric_names().items()
-               if name not in exported and name not in PROMETHEUS_OWN
-               and (loop_ok or name not in DISTILL_METRICS)}
+               if name not in exported and name not in PROMETHEUS_OWN}
     assert missing == {}, f"not on the server's /metrics: {missing}"
     assert "reflex_act_latency_seconds_bucket" in exported  # names as PromQL sees them
-    if not loop_ok:
-        pytest.skip(f"the distill metrics are expected later: {why}")
 
 
 def test_prometheus_evaluates_every_rule_and_dashboard_query(stack):
     _, _, prom_url = stack
     deadline = time.monotonic() + DEADLINE_S
-    expect_firing = loop_exports_distill_metrics()[0]
     while True:  # a rule evaluated before the first scrape is not firing yet: wait for it
         groups = query(prom_url, "/api/v1/rules")["groups"]
         rules = [r for g in groups for r in g["rules"]]
         evaluated = all(r.get("lastEvaluation", "").startswith("20") for r in rules)
-        fired = not expect_firing or any(
-            r["name"] == "ReflexDistillRunFailed" and r["state"] == "firing" for r in rules)
+        fired = any(r["name"] == "ReflexDistillRunFailed" and r["state"] == "firing"
+                    for r in rules)
         if (evaluated and fired) or time.monotonic() > deadline:
             break
         time.sleep(0.25)
@@ -227,7 +215,7 @@ def test_prometheus_evaluates_every_rule_and_dashboard_query(stack):
     assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules
             if r["health"] != "ok"] == []
     firing = {r["name"] for r in rules if r["state"] == "firing"}
-    assert "ReflexDistillRunFailed" in firing or not expect_firing
+    assert "ReflexDistillRunFailed" in firing
     assert not firing & {"ReflexServerDown", "ReflexRollback", "ReflexCollectorDropping"}
     refused = {}
     for where, expr in dashboard_exprs().items():
