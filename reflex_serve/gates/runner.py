@@ -26,7 +26,7 @@ from . import performance, safety
 from .config import GateConfig
 from .evidence import EvidenceError, draw, probe_observations, replay_observations
 from .measure import ResourceMeasurement, measure_latency, run_suite
-from .results import GATES, GateReport, GateResult, not_evaluated
+from .results import GATES, PASS, GateReport, GateResult, not_evaluated
 
 Progress = Callable[[str], None]
 
@@ -238,7 +238,7 @@ def run_gates(
     except OSError as exc:
         error = f"cannot start the measurement: {exc}"
     try:
-        failed = [g for g, r in sorted(results.items()) if r.verdict != "pass"]
+        failed = [g for g, r in sorted(results.items()) if r.verdict != PASS]
         if cfg.sim.only_if_passing and failed:
             say(f"closed loop skipped: {', '.join(failed)} did not pass")
             suite = performance.suite_not_evaluated(

@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 from ..client import ReflexClient
-from ..sim.report import wilson_interval
 from ..sim.tasks import DEFAULT_TASKS
+from .demo_report import quantile, summarize, to_markdown
 
 SUMMARY_MD, SUMMARY_JSON = "summary.md", "summary.json"
 FINAL = ("succeeded", "refused", "failed")
@@ -138,22 +137,6 @@ def write_settings(opts: DemoOptions) -> tuple[Path, Path]:
     return loop, gates
 
 
-def _quantile(xs: list[float], q: float) -> float | None:
-    return float(np.quantile(xs, q)) if xs else None
-
-
-def phase(rounds: list[Round]) -> dict[str, Any]:
-    """Pooled success (Wilson 95%) and /act latency of some rounds."""
-    n, k = sum(r.episodes for r in rounds), sum(r.successes for r in rounds)
-    lat = [x for r in rounds for x in r.latencies_ms]
-    srv = [x for r in rounds for x in r.server_ms]
-    lo, hi = wilson_interval(k, n) if n else (0.0, 0.0)
-    return {"rounds": len(rounds), "episodes": n, "successes": k,
-            "success_rate": k / n if n else None, "wilson_95": [lo, hi], "act_calls": len(lat),
-            "p50_ms": _quantile(lat, 0.5), "p99_ms": _quantile(lat, 0.99),
-            "server_p50_ms": _quantile(srv, 0.5)}
-
-
 class Demo:
     """The server process, the simulated robot and the run being watched (:func:`run_demo`)."""
 
@@ -226,7 +209,6 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> dict[str,
         RuntimeError: the server did not start (its log is ``opts.out``/server.log).
     """
     from ..sim.evaluate import sim_settings_from_manifest
-    from .demo_report import summarize, to_markdown
 
     opts.out.mkdir(parents=True, exist_ok=True)
     for stale in ("data", "loop"):
@@ -240,18 +222,18 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> dict[str,
         with TimedClient(demo.url, report_outcomes=True) as client:
             settings = sim_settings_from_manifest(client.wait_ready())
             while demo.elapsed() < opts.max_minutes * 60:
-                r = demo_round = demo.drive_round(client, settings)
+                r = demo.drive_round(client, settings)
                 runs = [x for x in demo.admin("/admin/distill/runs") if x["status"] != "skipped"]
                 if runs and started_at is None:
                     started_at = demo.elapsed()
                 run = demo.admin(f"/admin/distill/runs/{runs[-1]['id']}") if runs else None
                 status = _run_line(run) if run else "no run yet"
                 say(f"[{demo.elapsed() / 60:5.1f} min] round {r.index}: {r.successes}/{r.episodes} "
-                    f"episodes, /act p50 {_quantile(r.latencies_ms, 0.5):.1f} ms, served by "
+                    f"episodes, /act p50 {quantile(r.latencies_ms, 0.5):.1f} ms, served by "
                     f"{', '.join(r.versions)}; {status}")
                 if run and run["status"] in FINAL:
                     promoted = run.get("promoted_version")
-                    if not promoted or demo_round.version == promoted:
+                    if not promoted or r.version == promoted:
                         after += 1
                     if after >= (opts.after_rounds if promoted else 1):
                         break

@@ -13,6 +13,27 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from ..sim.report import wilson_interval
+
+
+def quantile(xs: list[float], q: float) -> float | None:
+    """The ``q`` quantile of ``xs`` (ms), None for no samples."""
+    return float(np.quantile(xs, q)) if xs else None
+
+
+def phase(rounds: list) -> dict[str, Any]:
+    """Pooled success (Wilson 95%) and /act latency of some rounds."""
+    n, k = sum(r.episodes for r in rounds), sum(r.successes for r in rounds)
+    lat = [x for r in rounds for x in r.latencies_ms]
+    srv = [x for r in rounds for x in r.server_ms]
+    lo, hi = wilson_interval(k, n) if n else (0.0, 0.0)
+    return {"rounds": len(rounds), "episodes": n, "successes": k,
+            "success_rate": k / n if n else None, "wilson_95": [lo, hi], "act_calls": len(lat),
+            "p50_ms": quantile(lat, 0.5), "p99_ms": quantile(lat, 0.99),
+            "server_p50_ms": quantile(srv, 0.5)}
+
 
 def _fmt_ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f} ms"
@@ -36,8 +57,6 @@ def summarize(rounds: list, run: dict[str, Any] | None, started_at_s: float | No
         router: ``GET /admin/router`` at the end (its monitor), or None.
         elapsed_s: the demo's wall time, s.
     """
-    from .demo import phase
-
     promoted = (run or {}).get("promoted_version")
     before = [r for r in rounds if started_at_s is None or r.finished_s <= started_at_s]
     after = [r for r in rounds if promoted and r.version == promoted]
