@@ -24,28 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import parse_named
 
 from reflex_serve.export.validate import compare, pooled_relative_energy
+from reflex_serve.gates.evidence import demo_observations
 from reflex_serve.runtime.policy import Policy
-from reflex_serve.sim.dataset import load_demos
-
-
-def frames(data: Path, manifest, n: int, tasks: list[str] | None):
-    """``n`` observations spread evenly over the demo frames of ``tasks`` (all if None)."""
-    from reflex_serve.runtime.types import Observation
-
-    demos = load_demos(data)
-    idx = np.arange(len(demos))
-    if tasks:
-        idx = idx[np.isin(np.asarray(demos.tasks)[demos.task_index], tasks)]
-    pick = idx[np.unique(np.linspace(0, len(idx) - 1, min(n, len(idx))).round().astype(int))]
-    names = [c["name"] for c in demos.cameras]
-    return [
-        Observation(
-            images={c.name: demos.images[i, names.index(c.name)] for c in manifest.cameras},
-            state=demos.state[i].astype(np.float32),
-            instruction=demos.instruction(i),
-        )
-        for i in pick
-    ]
 
 
 def main() -> None:
@@ -60,7 +40,8 @@ def main() -> None:
     args = ap.parse_args()
 
     teacher = Policy(args.teacher)
-    obs = frames(args.data, teacher.manifest, args.observations, args.tasks.split(",") if args.tasks else None)
+    tasks = args.tasks.split(",") if args.tasks else None
+    obs = demo_observations(args.data, teacher.manifest, args.observations, tasks)
     print(f"{len(obs)} frames of {args.tasks or 'every task'}, {args.samples} draws each")
     print(f"{'candidate':<18} {'pooled':>7} {'rel ED mean':>11} {'p50':>6} {'p90':>6} {'max':>6} {'MSE':>7} {'cos':>6}")
     for name, spec in parse_named(args.candidate, flag="--candidate").items():

@@ -21,6 +21,7 @@ reference see the same noise (:func:`reflex_serve.export.validate.draw_samples`)
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,8 +110,11 @@ def store_observations(
     return out
 
 
-def demo_observations(directory: Path | str, manifest: Manifest, n: int) -> list[Observation]:
-    """``n`` frames spread evenly over a demonstration directory.
+def demo_observations(
+    directory: Path | str, manifest: Manifest, n: int, tasks: Sequence[str] | None = None
+) -> list[Observation]:
+    """``n`` frames spread evenly over a demonstration directory (over the frames of
+    ``tasks`` only, when given).
 
     Raises:
         EvidenceError: not a demo directory, or cameras / state size that do not fit.
@@ -130,13 +134,16 @@ def demo_observations(directory: Path | str, manifest: Manifest, n: int) -> list
             f"--data {directory}: state_dim {demos.state_dim}, the export has {manifest.state_dim}"
         )
     names = [c[0] for c in cams]
+    frames = np.arange(len(demos))
+    if tasks:
+        frames = frames[np.isin(np.asarray(demos.tasks)[demos.task_index], list(tasks))]
     return [
         Observation(
             images={c.name: demos.images[i, names.index(c.name)] for c in manifest.cameras},
             state=demos.state[i].astype(np.float32),
             instruction=demos.instruction(i),
         )
-        for i in _spread(len(demos), n)
+        for i in frames[_spread(len(frames), n)]
     ]
 
 
