@@ -48,6 +48,34 @@ def demo_observations(directory: Path, policy: Policy, n: int, seed: int = 0) ->
     ]
 
 
+PARTS = ("prefix", "expert", "handling", "transport")
+
+
+def record(parts: dict[str, list[float]], res) -> None:
+    """Split one call's round trip into prefix, expert (all Euler steps), the server's
+    request handling around ``Policy.act`` (decode, validate, encode, thread hand-off)
+    and transport (HTTP on loopback and the client), in ms."""
+    server, rtt = res.extra["server_ms"], res.extra["rtt_ms"]
+    for key, value in zip(PARTS, (res.prefix_ms, res.expert_ms, server - res.total_ms, rtt - server)):
+        parts.setdefault(key, []).append(value)
+
+
+def budget(parts: dict[str, dict[str, list[float]]], baseline: str) -> str:
+    """p50 of each part per variant, and the round-trip ratio a variant would have if
+    its prefix, handling and transport (the parts a 1-step student cannot shorten) were
+    the only cost: the floor of the /act p50 ratio for that model and machine."""
+    p50 = {v: {k: float(np.median(x)) for k, x in d.items()} for v, d in parts.items()}
+    base = sum(p50[baseline].values())
+    lines = [f"{'variant':<12}" + "".join(f"{k:>11}" for k in PARTS) + f"{'sum':>9}{'ratio':>8}"]
+    for v, d in p50.items():
+        total = sum(d.values())
+        lines.append(f"{v:<12}" + "".join(f"{d[k]:11.3f}" for k in PARTS) + f"{total:9.3f}{total / base:8.3f}")
+    fixed = sum(p50[baseline][k] for k in ("prefix", "handling", "transport"))
+    lines.append(f"fixed cost of every call (teacher's prefix + handling + transport): {fixed:.3f} ms "
+                 f"= {fixed / base:.3f} of the teacher's round trip")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", type=Path, required=True, help="teacher export directory")
@@ -69,12 +97,14 @@ def main() -> None:
             clients[name] = ReflexClient(url)
             clients[name].wait_ready()
         server_ms: dict[str, list[float]] = {}
+        parts: dict[str, dict[str, list[float]]] = {}
         counter = {"i": 0}
 
         def call(name: str, client: ReflexClient, steps: int | None):
             def run() -> None:
                 res = client.act(obs[counter["i"] % n_obs], seed=counter["i"], num_steps=steps)
                 server_ms.setdefault(name, []).append(res.total_ms)
+                record(parts.setdefault(name, {}), res)
             return run
 
         variants = {f"teacher, {teacher.num_steps} steps": call("teacher", clients["teacher"], None),
@@ -97,6 +127,8 @@ def main() -> None:
         print("\nserver-side total_ms (from the /act response):")
         server = {k: np.asarray(v) for k, v in server_ms.items()}
         print(summary(server, "teacher"))
+        print("\nwhere the time goes (p50 ms of each part; docs/distillation.md, 'Latency'):")
+        print(budget(parts, "teacher"))
 
 
 if __name__ == "__main__":
