@@ -155,10 +155,10 @@ def test_resume_refuses_other_data(setup, tmp_path):
 def test_partial_prefix_cache_matches_direct_computation(setup):
     _, teacher, data = setup
     model = teacher.model
-    direct = PrefixFeatures(model, data.images, data.tokens, 0)
+    direct = PrefixFeatures(model, data.prefix_inputs(), 0)
     one = direct.frame_bytes
-    partial = PrefixFeatures(model, data.images, data.tokens, 10 * one)
-    full = PrefixFeatures(model, data.images, data.tokens, 1e12)
+    partial = PrefixFeatures(model, data.prefix_inputs(), 10 * one)
+    full = PrefixFeatures(model, data.prefix_inputs(), 1e12)
     assert (direct.cached, partial.cached, full.cached) == (0, 10, data.size)
     idx = torch.tensor([0, 3, 20, 9, 47, 10])
     with torch.no_grad():

@@ -84,8 +84,13 @@ class DistillData:
     Attributes:
         images: uint8 (N, C, H, W, 3), cameras in the teacher manifest's order.
         tokens: int64 (N, T) instruction tokens (the teacher's tokenizer).
-        state: float32 (N, S), normalized with the teacher's statistics.
-        chunks: float32 (N, H, A) action-chunk labels, normalized likewise.
+        state: float32 (N, S), normalized with the teacher's statistics and zero-padded
+            to the model's state width (``max_state_dim`` of an imported policy).
+        chunks: float32 (N, H, A) action-chunk labels, normalized likewise and
+            zero-padded to the model's action width (``max_action_dim``), as LeRobot pads
+            them in training.
+        token_mask: int64 (N, T), 1 for real tokens, for policies whose prefix graph
+            takes the tokenizer's mask (imported LeRobot policies); None otherwise.
         rows: rows per source, e.g. ``{"demo": 900, "served": 120}``.
         description: the filter, for provenance (JSON-serialisable).
         fingerprint: sha256 of the row identities, states and labels; a resumed run
@@ -99,10 +104,19 @@ class DistillData:
     rows: dict[str, int]
     description: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
+    token_mask: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
         return int(self.state.shape[0])
+
+    def prefix_inputs(self, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """What ``encode_prefix`` takes, for frames ``idx`` (all frames if None): images
+        and tokens, plus the token mask and the state when the data has a token mask."""
+        inputs = (self.images, self.tokens)
+        if self.token_mask is not None:
+            inputs = (*inputs, self.token_mask, self.state)
+        return inputs if idx is None else tuple(x[idx] for x in inputs)
 
 
 def check_dims(

@@ -24,8 +24,10 @@ class PrefixFeatures:
     """``get(idx) -> (prefix_kv (B, L, 2, P, D), prefix_mask (B, P))`` for frame indices.
 
     Args:
-        model: anything with ``encode_prefix(images, tokens)``; used under ``no_grad``.
-        images: uint8 (N, C, H, W, 3); tokens: int64 (N, T).
+        model: anything with ``encode_prefix(*inputs)``; used under ``no_grad``.
+        inputs: the prefix inputs of all N frames, each indexed on its first axis: for
+            the native policy images uint8 (N, C, H, W, 3) and tokens int64 (N, T); an
+            imported policy adds its token mask and state (:meth:`.DistillData.prefix_inputs`).
         max_bytes: cache bound in bytes (0: compute every batch).
         precompute: False computes every batch (worth it when a run visits fewer
             samples than there are frames).
@@ -34,15 +36,14 @@ class PrefixFeatures:
     def __init__(
         self,
         model: nn.Module,
-        images: torch.Tensor,
-        tokens: torch.Tensor,
+        inputs: tuple[torch.Tensor, ...],
         max_bytes: float,
         precompute: bool = True,
     ) -> None:
-        self.model, self.images, self.tokens = model, images, tokens
-        n = len(images)
+        self.model, self.inputs = model, inputs
+        n = len(inputs[0])
         with torch.no_grad():
-            kv, mask = model.encode_prefix(images[:1], tokens[:1])
+            kv, mask = self._encode(slice(0, 1))
         self.frame_bytes = kv[0].numel() * 4 + mask[0].numel() * 4
         self.cached = min(n, int(max_bytes // self.frame_bytes)) if precompute else 0
         self.seconds = 0.0
@@ -52,12 +53,15 @@ class PrefixFeatures:
         with torch.no_grad():
             for start in range(0, self.cached, CHUNK):
                 sl = slice(start, min(start + CHUNK, self.cached))
-                self.kv[sl], self.mask[sl] = model.encode_prefix(images[sl], tokens[sl])
+                self.kv[sl], self.mask[sl] = self._encode(sl)
         self.seconds = time.monotonic() - t0
+
+    def _encode(self, idx: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_prefix(*(x[idx] for x in self.inputs))
 
     @property
     def size(self) -> int:
-        return len(self.images)
+        return len(self.inputs[0])
 
     @property
     def cached_bytes(self) -> int:
@@ -80,9 +84,7 @@ class PrefixFeatures:
             return self.kv[idx], self.mask[idx]
         miss = ~hit
         with torch.no_grad():
-            kv_miss, mask_miss = self.model.encode_prefix(
-                self.images[idx[miss]], self.tokens[idx[miss]]
-            )
+            kv_miss, mask_miss = self._encode(idx[miss])
         if not bool(hit.any()):
             return kv_miss, mask_miss
         kv = torch.empty((len(idx), *kv_miss.shape[1:]), dtype=kv_miss.dtype)

@@ -256,8 +256,7 @@ def distill(
     if not cfg.train_prefix or cfg.objective == "trajectory":
         features = PrefixFeatures(
             teacher.model,
-            data.images,
-            data.tokens,
+            data.prefix_inputs(),
             cfg.prefix_cache_mb * 2**20,
             precompute=cfg.steps * cfg.batch_size >= data.size,
         )
@@ -276,7 +275,7 @@ def distill(
         idx = torch.randint(0, data.size, (cfg.batch_size,), generator=gen)
         teacher_prefix = None
         if cfg.train_prefix:
-            kv, mask = student.encode_prefix(data.images[idx], data.tokens[idx])
+            kv, mask = student.encode_prefix(*data.prefix_inputs(idx))
             if cfg.objective == "trajectory":
                 teacher_prefix = features.get(idx)
         else:
