@@ -86,3 +86,37 @@ class ImportedPolicy:
     def __post_init__(self) -> None:
         if self.state_input not in STATE_INPUTS:
             raise ValueError(f"state_input must be one of {STATE_INPUTS}, got {self.state_input!r}")
+
+
+class ImportedFlowModel(nn.Module):
+    """An imported policy behind the distiller's model interface.
+
+    The distiller (reflex_serve/distill) and the exporter call a policy through
+    ``encode_prefix(*prefix_inputs)`` and ``velocity(x_t, t, s, state, prefix_kv,
+    prefix_mask)``; this routes the state to whichever graph takes it.
+
+    Args:
+        prefix, expert: the port's modules (interfaces in this module's docstring).
+        state_input: ``"prefix"``, ``"expert"`` or ``"prompt"``.
+    """
+
+    def __init__(self, prefix: nn.Module, expert: nn.Module, state_input: str) -> None:
+        super().__init__()
+        if state_input not in STATE_INPUTS:
+            raise ValueError(f"state_input must be one of {STATE_INPUTS}, got {state_input!r}")
+        self.prefix, self.expert, self.state_input = prefix, expert, state_input
+
+    def encode_prefix(self, images, tokens, token_mask, state):
+        """images uint8 (B, cams, H, W, 3), tokens / token_mask int64 (B, T), state
+        float32 (B, max_state_dim) (used only when it enters the prefix) ->
+        (prefix_kv (B, L, 2, P, D), prefix_mask (B, P))."""
+        if self.state_input == "prefix":
+            return self.prefix(images, tokens, token_mask, state)
+        return self.prefix(images, tokens, token_mask)
+
+    def velocity(self, x_t, t, s, state, prefix_kv, prefix_mask):
+        """x_t (B, H, max_action_dim), t / s (B,), state (B, max_state_dim) (used only
+        when the expert takes it) -> velocity (B, H, max_action_dim)."""
+        if self.state_input == "expert":
+            return self.expert(x_t, t, s, state, prefix_kv, prefix_mask)
+        return self.expert(x_t, t, s, prefix_kv, prefix_mask)
