@@ -33,6 +33,10 @@ WEIGHTS = "model.safetensors"
 STATS = "stats.json"
 ARTIFACTS = (PREFIX_ONNX, EXPERT_ONNX, WEIGHTS, STATS)
 _VOLATILE = ("digest", "created_at")
+# Optional fields added after format 1 shipped: left out of the digest while they hold
+# their default, so every earlier export keeps its digest.
+_OPTIONAL_DEFAULTS = {"max_state_dim": None, "max_action_dim": None, "state_input": "expert",
+                      "extra_artifacts": []}
 
 
 class ExportError(ValueError):
@@ -69,6 +73,16 @@ class Manifest:
         parent_version: digest of the teacher this version was distilled from, if any.
         digest: content digest, ``"sha256:<hex>"``; filled by :func:`write_manifest`.
         provenance: free-form training provenance (data, steps, seed, losses).
+        max_state_dim, max_action_dim: the model's padded state / action widths (the
+            graphs' ``state`` and ``x_t`` widths); None means ``state_dim`` /
+            ``action_dim``. The runtime zero-pads the normalised state to
+            ``max_state_dim``, draws noise of width ``max_action_dim`` and keeps the
+            first ``action_dim`` columns (an imported LeRobot policy pads both).
+        state_input: where the normalised state enters: ``"expert"`` (an expert.onnx
+            input), ``"prefix"`` (a prefix.onnx input) or ``"prompt"`` (written into the
+            instruction tokens by the tokenizer; no graph takes it).
+        extra_artifacts: further files of the export covered by the digest (e.g. the
+            ``tokenizer.json`` an ``hf-tokenizers`` tokenizer reads).
     """
 
     policy_kind: str
@@ -88,9 +102,23 @@ class Manifest:
     parent_version: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     action_limits: dict[str, list[float]] | None = None
+    max_state_dim: int | None = None
+    max_action_dim: int | None = None
+    state_input: str = "expert"
+    extra_artifacts: list[str] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
     digest: str = ""
     created_at: str = ""
+
+    @property
+    def model_state_dim(self) -> int:
+        """Width of the graphs' state input (``max_state_dim`` or ``state_dim``)."""
+        return self.max_state_dim or self.state_dim
+
+    @property
+    def model_action_dim(self) -> int:
+        """Width of ``x_t`` and the velocity (``max_action_dim`` or ``action_dim``)."""
+        return self.max_action_dim or self.action_dim
 
     @property
     def version(self) -> str:
@@ -132,12 +160,16 @@ def compute_digest(export_dir: Path, manifest: Manifest) -> str:
         ExportError: if an artifact file is missing.
     """
     h = hashlib.sha256()
-    for name in ARTIFACTS:
+    for name in (*ARTIFACTS, *manifest.extra_artifacts):
         path = Path(export_dir) / name
         if not path.is_file():
             raise ExportError(f"{path} is missing")
         h.update(f"{name}:{_file_sha256(path)}\n".encode())
-    content = {k: v for k, v in manifest.to_dict().items() if k not in _VOLATILE}
+    content = {
+        k: v
+        for k, v in manifest.to_dict().items()
+        if k not in _VOLATILE and not (k in _OPTIONAL_DEFAULTS and v == _OPTIONAL_DEFAULTS[k])
+    }
     h.update(json.dumps(content, sort_keys=True).encode())
     return "sha256:" + h.hexdigest()
 
