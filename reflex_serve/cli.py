@@ -320,7 +320,10 @@ def eval_cmd(
         except ExportError as exc:
             fail(f"EXPORT_DIR: {exc}")
         client, summary = LocalClient(policy), policy.manifest
-    settings = sim_settings_from_manifest(summary)
+    try:
+        settings = sim_settings_from_manifest(summary)
+    except ValueError as exc:  # SuiteUnavailable included: an imported policy's own suite
+        fail(f"{'--server' if server is not None else 'EXPORT_DIR'}: {exc}")
     run_eval(client, task_list, num_episodes, seed, out_dir=out, gif=gif, num_steps=num_steps,
              progress=progress, **settings)
     if probe:

@@ -315,6 +315,10 @@ def probe_command(
             "give either EXPORT_DIR or --server, not both", param_hint="--server"
         )
     client, summary = _make_client(export_dir, server, api_key, threads)
+    try:
+        settings = sim_settings_from_manifest(summary)
+    except ValueError as exc:  # SuiteUnavailable included: an imported policy's own suite
+        raise typer.BadParameter(str(exc), param_hint="EXPORT_DIR / --server") from None
     console = Console()
     reports = []
     for steps in num_steps or [None]:
@@ -328,7 +332,7 @@ def probe_command(
             n_action_steps=n_action_steps,
             kappa=kappa,
             sample_seed=sample_seed,
-            **sim_settings_from_manifest(summary),
+            **settings,
         )
         reports.append(report)
         console.print(Markdown(report.to_markdown()))

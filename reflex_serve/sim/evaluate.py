@@ -73,11 +73,16 @@ def sim_settings_from_manifest(manifest: Any) -> dict[str, Any]:
         keyword arguments to :func:`evaluate`.
 
     Raises:
+        SuiteUnavailable: the policy is not a MetaWorld policy (an imported LeRobot
+            checkpoint: the reason names its own suite and why it cannot run here).
         ValueError: cameras of different sizes, or a state_dim no state mode produces.
     """
+    from reflex_serve.sim.suites import require_metaworld
 
     def get(obj: Any, key: str) -> Any:
         return obj[key] if isinstance(obj, dict) else getattr(obj, key)
+
+    require_metaworld(manifest)
 
     cams = list(get(manifest, "cameras"))
     sizes = {(int(get(c, "height")), int(get(c, "width"))) for c in cams}
