@@ -30,10 +30,10 @@ class CacheStats:
     max_bytes: int
 
 
-def content_key(images: np.ndarray, tokens: np.ndarray) -> str:
-    """BLAKE2b digest of the prefix inputs (uint8 images and int64 tokens, any shape)."""
+def content_key(*arrays: np.ndarray) -> str:
+    """BLAKE2b digest of the prefix inputs (e.g. uint8 images, int64 tokens; any shapes)."""
     h = hashlib.blake2b(digest_size=20)
-    for arr in (images, tokens):
+    for arr in arrays:
         h.update(str(arr.shape).encode())
         h.update(np.ascontiguousarray(arr).data)
     return h.hexdigest()

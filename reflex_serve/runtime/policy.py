@@ -92,8 +92,16 @@ class Policy:
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
         m = self.manifest
-        self.noise_shape = (m.chunk_size, m.action_dim)
+        self.noise_shape = (m.chunk_size, m.model_action_dim)
         self._camera_names = [c.name for c in m.cameras]
+        try:
+            self._text = tokenizer.make_text_encoder(m.tokenizer, m.max_text_tokens, self.export_dir)
+        except ValueError as exc:
+            raise ExportError(f"{self.export_dir}: {exc}") from exc
+        # Feeds are built by the graphs' input names: an export without a token mask or
+        # with the state in the prefix graph is served by the same code.
+        self._prefix_names = [i.name for i in self._prefix.get_inputs()]
+        self._expert_names = {i.name for i in self._expert.get_inputs()}
 
     @staticmethod
     def _check_steps(num_steps: int) -> int:
@@ -116,7 +124,7 @@ class Policy:
             img = obs.images.get(cam.name)
             field = f"images.{cam.name}"
             if img is None:
-                raise InvalidObservation(field, "missing camera image")
+                raise InvalidObservation(field, f"missing camera image; expected cameras {self._camera_names}")
             if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
                 raise InvalidObservation(field, f"must be uint8, got {getattr(img, 'dtype', type(img).__name__)}")
             if img.shape != (cam.height, cam.width, 3):
@@ -132,33 +140,51 @@ class Policy:
         if not isinstance(obs.instruction, str):
             raise InvalidObservation("instruction", "must be a string")
 
-    def prefix_inputs(self, obs: Observation) -> tuple[np.ndarray, np.ndarray]:
-        """images uint8 (1, cams, H, W, 3) and tokens int64 (1, T) for prefix.onnx."""
-        images = np.stack([obs.images[name] for name in self._camera_names])[None]
-        tok = self.manifest.tokenizer
-        tokens = tokenizer.tokenize(obs.instruction, self.manifest.max_text_tokens, tok["vocab_size"])[None]
-        return images, tokens
+    def model_state(self, obs: Observation) -> np.ndarray:
+        """The normalised state, zero-padded to the model's width: float32 (1, max_state_dim)."""
+        m = self.manifest
+        state = np.zeros((1, m.model_state_dim), dtype=np.float32)
+        state[0, : m.state_dim] = self.stats.state.normalize(obs.state.astype(np.float32))
+        return state
 
-    def prefix(self, obs: Observation) -> tuple[tuple[np.ndarray, np.ndarray], bool]:
+    def prefix_inputs(self, obs: Observation, state: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The prefix.onnx feeds, by the graph's input names: images uint8 (1, cams, H, W,
+        3), tokens int64 (1, T) and, when the graph takes them, token_mask int64 (1, T) and
+        state float32 (1, max_state_dim). A state-aware prompt receives the normalised state."""
+        if state is None:
+            state = self.model_state(obs)
+        tokens, mask = self._text.encode(obs.instruction, state[0, : self.manifest.state_dim])
+        available = {
+            "images": np.stack([obs.images[name] for name in self._camera_names])[None],
+            "tokens": tokens[None],
+            "token_mask": mask[None],
+            "state": state,
+        }
+        return {name: available[name] for name in self._prefix_names}
+
+    def prefix(self, obs: Observation, state: np.ndarray | None = None) -> tuple[tuple[np.ndarray, np.ndarray], bool]:
         """The prefix KV of an observation and whether it came from the cache.
+
+        The cache key covers every prefix.onnx input (the state too when the graph takes
+        it; a state written into the prompt is in the tokens).
 
         Returns:
             ((prefix_kv float32 (1, L, 2, P, D), prefix_mask float32 (1, P)), cache_hit)
         """
-        images, tokens = self.prefix_inputs(obs)
+        feeds = self.prefix_inputs(obs, state)
         key = None
         if self.cache is not None:
-            key = (self.prefix_digest, content_key(images, tokens))
+            key = (self.prefix_digest, content_key(*feeds.values()))
             hit = self.cache.get(key)
             if hit is not None:
                 return hit, True
-        kv, mask = self._prefix.run(None, {"images": images, "tokens": tokens})
+        kv, mask = self._prefix.run(None, feeds)
         if key is not None:
             self.cache.put(key, (kv, mask))
         return (kv, mask), False
 
     def make_noise(self, seed: int | None = None) -> np.ndarray:
-        """Standard normal noise, float32 (H, A); reproducible when ``seed`` is given."""
+        """Standard normal noise, float32 ``noise_shape`` (H, max_action_dim); reproducible when ``seed`` is given."""
         if seed is not None:
             return np.random.default_rng(seed).standard_normal(self.noise_shape, dtype=np.float32)
         with self._rng_lock:
@@ -178,8 +204,8 @@ class Policy:
             obs: the observation (validated first).
             num_steps: Euler steps for this call (the policy default if None), 1..100.
             seed: seed of the initial noise, for determinism.
-            noise: explicit initial noise, float32 (H, A) in normalized action units;
-                takes precedence over ``seed``.
+            noise: explicit initial noise, float32 (H, max_action_dim) in normalized
+                action units (``noise_shape``); takes precedence over ``seed``.
 
         Returns:
             :class:`ActResult` with unnormalized actions float32 (H, A); ``extra["noise"]``
@@ -195,11 +221,13 @@ class Policy:
             noise = self.make_noise(seed)
         elif noise.shape != self.noise_shape:
             raise InvalidObservation("noise", f"expected shape {self.noise_shape}, got {noise.shape}")
-        (kv, mask), hit = self.prefix(obs)
+        state = self.model_state(obs)
+        (kv, mask), hit = self.prefix(obs, state)
         t_prefix = time.perf_counter()
-        state = self.stats.state.normalize(obs.state.astype(np.float32))[None]
         x = noise.astype(np.float32)[None]
-        feeds = {"state": state, "prefix_kv": kv, "prefix_mask": mask}
+        feeds = {"prefix_kv": kv, "prefix_mask": mask}
+        if "state" in self._expert_names:
+            feeds["state"] = state
         dt = np.float32(1.0 / n)
         for t, s in euler_schedule(n, self.manifest.target_time):
             feeds["x_t"] = x
@@ -208,7 +236,7 @@ class Policy:
             (v,) = self._expert.run(None, feeds)
             x = x - dt * v
         t_expert = time.perf_counter()
-        actions = self.stats.action.unnormalize(x[0])
+        actions = self.stats.action.unnormalize(x[0, :, : self.manifest.action_dim])
         end = time.perf_counter()
         return ActResult(
             actions=actions,
