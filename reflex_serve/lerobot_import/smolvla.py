@@ -135,6 +135,14 @@ def build_modules(arch: SmolVLAArch) -> tuple[SmolVLAPrefix, SmolVLAExpert]:
     return SmolVLAPrefix(arch).eval(), SmolVLAExpert(arch).eval()
 
 
+def modules_from_provenance(provenance: dict[str, Any]) -> tuple[SmolVLAPrefix, SmolVLAExpert]:
+    """Fresh modules of the architecture an export recorded (``provenance["architecture"]``).
+
+    Raises KeyError when the provenance has no architecture.
+    """
+    return build_modules(SmolVLAArch.from_dict(provenance["architecture"]))
+
+
 def load_lerobot_weights(prefix, expert, weights: dict[str, np.ndarray]) -> None:
     """Copy LeRobot's model.safetensors tensors into the modules (every key must match).
 
