@@ -13,6 +13,7 @@ import typer
 from .distill.cli import distill_cmd
 from .export.cli import validate_app
 from .gates.cli import gates_app
+from .lerobot_import.cli import import_app
 from .loop.candidates_cli import derive_cmd
 from .loop.cli import loop_settings, runs_app
 from .router.cli import models_app
@@ -29,6 +30,7 @@ app.add_typer(validate_app, name="validate")
 app.add_typer(gates_app, name="gates")
 app.add_typer(models_app, name="models")
 app.add_typer(runs_app, name="runs")
+app.add_typer(import_app, name="import")
 train_app.command("distill")(distill_cmd)
 models_app.command("derive")(derive_cmd)
 
