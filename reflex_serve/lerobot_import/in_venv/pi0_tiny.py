@@ -33,6 +33,16 @@ VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
 IMAGE_SIZE = 64
 
 
+def marker_contents() -> dict:
+    """What MARKER holds: a note, and under "sizes" the two numbers no weight shape
+    carries (Gemma kv_heads, SigLIP heads) for the native port (pi_checkpoint.py)."""
+    assert VLM["num_kv_heads"] == EXPERT["num_kv_heads"]
+    return {
+        "note": "tiny: reload with pi0_tiny.patch_pi0_sizes",
+        "sizes": {"kv_heads": VLM["num_kv_heads"], "vision_heads": VISION["num_attention_heads"]},
+    }
+
+
 def write_fake_paligemma_cache(hf_home: str | Path) -> Path:
     """Write HF_HOME/hub/models--google--paligemma-3b-pt-224 (char-level tokenizer).
 

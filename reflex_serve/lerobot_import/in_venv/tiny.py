@@ -116,7 +116,13 @@ def build_paligemma_family(kind: str, out_dir: Path, seed: int):
     import os
 
     import torch
-    from pi0_tiny import IMAGE_SIZE, MARKER, patch_pi0_sizes, write_fake_paligemma_cache
+    from pi0_tiny import (
+        IMAGE_SIZE,
+        MARKER,
+        marker_contents,
+        patch_pi0_sizes,
+        write_fake_paligemma_cache,
+    )
 
     if kind == "pi0":
         from lerobot.policies.pi0.configuration_pi0 import PI0Config as Config
@@ -145,7 +151,7 @@ def build_paligemma_family(kind: str, out_dir: Path, seed: int):
     torch.manual_seed(seed)
     policy = Policy(config).eval()
     pre, post = procs(config, dataset_stats=synthetic_stats(seed))
-    (out_dir / MARKER).write_text('{"note": "tiny: reload with pi0_tiny.patch_pi0_sizes"}')
+    (out_dir / MARKER).write_text(json.dumps(marker_contents()))
     return policy, pre, post
 
 
