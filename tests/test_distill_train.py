@@ -87,9 +87,9 @@ def test_only_flow_matching_teachers_are_accepted(setup, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(teacher.path, other)
     manifest = read_manifest(other)
-    manifest.policy_kind = "lerobot-pi0"
+    manifest.policy_kind = "openpi-pi0"
     write_manifest(other, manifest)
-    with pytest.raises(TeacherError, match="policy_kind is 'lerobot-pi0'"):
+    with pytest.raises(TeacherError, match="policy_kind is 'openpi-pi0'.*lerobot-pi0"):
         load_teacher(other)
     (other / "manifest.json").write_text(
         (other / "manifest.json").read_text().replace("pi0", "pi1")

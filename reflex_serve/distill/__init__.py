@@ -4,7 +4,8 @@
     teacher.py    load_teacher (checks the export), make_student (the teacher at step 0)
     data.py       DataSpec, load_data: labelled observations from a store or a demo dir
     prefix.py     PrefixFeatures: frozen-prefix outputs, cached once per observation
-    trainer.py    DistillConfig, distill (resumable run), export_student
+    trainer.py    DistillConfig, distill (resumable run)
+    student_export.py  export_student: the student's export directory + parity check
     cli.py        ``reflex train distill``
 """
 

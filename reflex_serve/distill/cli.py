@@ -137,8 +137,9 @@ def distill_cmd(
     from ..export.parity import ParityError
     from ..storage.engine import StoreError
     from .data import DataError, DataSpec, load_data
+    from .student_export import export_student
     from .teacher import TeacherError, load_teacher
-    from .trainer import DistillConfig, DistillError, distill, export_student, read_run
+    from .trainer import DistillConfig, DistillError, distill, read_run
 
     if output.exists() and any(output.iterdir()) and not overwrite:
         _fail(f"--output {output} is not empty (an export is immutable); pass --overwrite")
@@ -183,7 +184,7 @@ def distill_cmd(
             since=_when(since),
             until=until,
         )
-        rows = load_data(spec, teacher.manifest, teacher.stats)
+        rows = load_data(spec, teacher.manifest, teacher.stats, teacher.path)
     except (DataError, StoreError, FileNotFoundError, KeyError, ValueError) as exc:
         _fail(f"--data: {exc}")
     typer.echo(

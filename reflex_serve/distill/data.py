@@ -157,15 +157,38 @@ def check_dims(
         )
 
 
-def _tokens(instructions: np.ndarray, manifest: Manifest) -> torch.Tensor:
+def _text(
+    instructions: np.ndarray, state: np.ndarray, manifest: Manifest, export_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and token mask, int64 (N, T) each, with the teacher's tokenizer (the same
+    encoder the runtime uses; once per distinct instruction unless the state is written
+    into the prompt, as pi0.5 does)."""
+    encoder = tokenizer.make_text_encoder(manifest.tokenizer, manifest.max_text_tokens, export_dir)
+    if encoder.uses_state:
+        pairs = [encoder.encode(str(text), row) for text, row in zip(instructions, state)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
     uniq, inverse = np.unique(instructions.astype(str), return_inverse=True)
-    vocab = int(manifest.tokenizer["vocab_size"])
-    table = np.stack([tokenizer.tokenize(s, manifest.max_text_tokens, vocab) for s in uniq])
-    return torch.from_numpy(table[inverse.reshape(-1)])
+    pairs = [encoder.encode(text) for text in uniq]
+    inverse = inverse.reshape(-1)
+    return np.stack([p[0] for p in pairs])[inverse], np.stack([p[1] for p in pairs])[inverse]
+
+
+def _pad(x: np.ndarray, width: int) -> np.ndarray:
+    """Zero-pad the last axis to ``width`` (the model's padded state / action width)."""
+    if x.shape[-1] == width:
+        return x
+    out = np.zeros((*x.shape[:-1], width), dtype=x.dtype)
+    out[..., : x.shape[-1]] = x
+    return out
 
 
 def _finish(
-    parts: list[dict], manifest: Manifest, stats: DatasetStats, description: dict, ids: list[str]
+    parts: list[dict],
+    manifest: Manifest,
+    stats: DatasetStats,
+    description: dict,
+    ids: list[str],
+    export_dir: Path | None,
 ) -> DistillData:
     images = np.concatenate([p["images"] for p in parts])
     state = np.concatenate([p["state"] for p in parts]).astype(np.float32)
@@ -176,18 +199,24 @@ def _finish(
     h = hashlib.sha256("\n".join(ids).encode())
     h.update(state.tobytes())
     h.update(chunks.tobytes())
+    state = stats.state.normalize(state)
+    tokens, mask = _text(np.concatenate([p["instructions"] for p in parts]), state, manifest, export_dir)
+    imported = manifest.policy_kind.startswith("lerobot-")  # its prefix graph takes the mask
     return DistillData(
         images=torch.from_numpy(np.ascontiguousarray(images)),
-        tokens=_tokens(np.concatenate([p["instructions"] for p in parts]), manifest),
-        state=torch.from_numpy(stats.state.normalize(state)),
-        chunks=torch.from_numpy(stats.action.normalize(chunks)),
+        tokens=torch.from_numpy(tokens),
+        state=torch.from_numpy(_pad(state, manifest.model_state_dim)),
+        chunks=torch.from_numpy(_pad(stats.action.normalize(chunks), manifest.model_action_dim)),
         rows=rows,
         description={**description, "rows": rows},
         fingerprint=h.hexdigest(),
+        token_mask=torch.from_numpy(mask) if imported else None,
     )
 
 
-def _load_demo_dir(spec: DataSpec, manifest: Manifest, stats: DatasetStats) -> DistillData:
+def _load_demo_dir(
+    spec: DataSpec, manifest: Manifest, stats: DatasetStats, export_dir: Path | None
+) -> DistillData:
     from ..policy.data import chunk_indices
     from ..sim.dataset import load_demos
 
@@ -217,7 +246,7 @@ def _load_demo_dir(spec: DataSpec, manifest: Manifest, stats: DatasetStats) -> D
     }
     ids = [f"{e}/{f}" for e, f in zip(demos.episode_index.tolist(), demos.frame_index.tolist())]
     description = {"kind": "demo-dir", "path": str(directory), "tasks": demos.tasks, "split": "all"}
-    return _finish([part], manifest, stats, description, ids)
+    return _finish([part], manifest, stats, description, ids, export_dir)
 
 
 def store_location(spec: DataSpec) -> tuple[str | None, Path | None]:
@@ -286,12 +315,16 @@ def _read_source(store, spec: DataSpec, source: str, manifest: Manifest) -> tupl
     return part, [str(i) for i in batch.ids]
 
 
-def load_data(spec: DataSpec, manifest: Manifest, stats: DatasetStats) -> DistillData:
+def load_data(
+    spec: DataSpec, manifest: Manifest, stats: DatasetStats, export_dir: Path | None = None
+) -> DistillData:
     """Read and check the distillation data for a teacher.
 
     Args:
         spec: where and what (see :class:`DataSpec`).
         manifest, stats: the teacher's manifest and normalization statistics.
+        export_dir: the teacher's export directory, for a tokenizer that reads a file
+            there (``hf-tokenizers``: tokenizer.json); not needed for ``hash-words``.
 
     Returns:
         :class:`DistillData` (all images in memory: 12 KiB per 64x64 camera frame).
@@ -303,7 +336,7 @@ def load_data(spec: DataSpec, manifest: Manifest, stats: DatasetStats) -> Distil
         FileNotFoundError, KeyError, ValueError: a malformed demo directory.
     """
     if spec.demo_dir() is not None:
-        return _load_demo_dir(spec, manifest, stats)
+        return _load_demo_dir(spec, manifest, stats, export_dir)
     from ..storage.engine import display_url
     from ..storage.store import Store
 
@@ -333,7 +366,7 @@ def load_data(spec: DataSpec, manifest: Manifest, stats: DatasetStats) -> Distil
             f"no {' or '.join(spec.sources)} rows with images in the train split of "
             f"{display_url(store.url)} match {_filter_text(spec)}"
         )
-    return _finish(parts, manifest, stats, description, ids)
+    return _finish(parts, manifest, stats, description, ids, export_dir)
 
 
 def _filter_text(spec: DataSpec) -> str:

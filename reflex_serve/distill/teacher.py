@@ -1,11 +1,13 @@
 """The teacher a student is distilled from, and the student it starts as.
 
 A teacher is an export directory (ARCHITECTURE.md, "The export directory") of a
-flow-matching policy: ``policy_kind`` ``reflex-flow-vla``, ``target_time``
-``instantaneous`` (s = t at every Euler step) and PyTorch weights that
-:func:`reflex_serve.export.weights.load_model` rebuilds. The distiller uses the model only
-through ``encode_prefix(images, tokens)`` and ``velocity(x_t, t, s, state, kv, mask)``, so
-importers of other flow-matching policies (LeRobot pi0 / pi0.5 / SmolVLA) can plug in.
+flow-matching policy with ``target_time`` ``instantaneous`` (s = t at every Euler step):
+the project's own ``reflex-flow-vla``, whose PyTorch weights
+:func:`reflex_serve.export.weights.load_model` rebuilds, or an imported LeRobot policy
+(``lerobot-smolvla``, ``lerobot-pi0``, ``lerobot-pi05``), whose native modules
+:func:`reflex_serve.lerobot_import.load_modules` rebuilds from the export alone. The
+distiller uses the model only through ``encode_prefix(*prefix_inputs)`` and
+``velocity(x_t, t, s, state, kv, mask)``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from ..export.manifest import STATS, WEIGHTS, ExportError, Manifest, read_manife
 from ..export.onnx_export import POLICY_KIND
 from ..export.weights import load_model
 from ..policy.normalize import DatasetStats
+
+IMPORTED_PREFIX = "lerobot-"
 
 
 class TeacherError(ValueError):
@@ -67,7 +71,7 @@ def load_teacher(path: Path | str) -> Teacher:
 
     Raises:
         TeacherError: missing or corrupt directory (digest mismatch included), a policy
-            kind other than ``reflex-flow-vla``, a ``shortcut`` export (a distilled
+            kind other than ``reflex-flow-vla`` or an imported ``lerobot-*`` one, a ``shortcut`` export (a distilled
             student, not a flow-matching teacher), or weights that do not load or do not
             match the manifest's dimensions.
     """
@@ -76,10 +80,12 @@ def load_teacher(path: Path | str) -> Teacher:
         manifest = read_manifest(path, verify=True)
     except ExportError as exc:
         raise TeacherError(str(exc)) from None
-    if manifest.policy_kind != POLICY_KIND:
+    imported = manifest.policy_kind.startswith(IMPORTED_PREFIX)
+    if manifest.policy_kind != POLICY_KIND and not imported:
         raise TeacherError(
-            f"{path}: policy_kind is {manifest.policy_kind!r}; the distiller "
-            f"needs a flow-matching teacher of kind {POLICY_KIND!r}"
+            f"{path}: policy_kind is {manifest.policy_kind!r}; the distiller needs a "
+            f"flow-matching teacher of kind {POLICY_KIND!r} or an imported LeRobot "
+            f"policy ({IMPORTED_PREFIX}smolvla, {IMPORTED_PREFIX}pi0, {IMPORTED_PREFIX}pi05)"
         )
     if manifest.target_time != "instantaneous":
         raise TeacherError(
@@ -88,12 +94,14 @@ def load_teacher(path: Path | str) -> Teacher:
             "target_time is 'instantaneous'"
         )
     try:
-        model = load_model(path / WEIGHTS)
+        model = _imported_model(path, manifest) if imported else load_model(path / WEIGHTS)
         stats = DatasetStats.load(path / STATS)
     except (ExportError, ValueError, OSError) as exc:
         raise TeacherError(
             f"{path}: cannot load the teacher's weights or statistics: {exc}"
         ) from None
+    if imported:
+        return _frozen(path, manifest, model, stats)
     cfg = model.config
     for name, ours in (
         ("state_dim", cfg.state_dim),
@@ -105,9 +113,23 @@ def load_teacher(path: Path | str) -> Teacher:
             raise TeacherError(
                 f"{path}: weights have {name} {ours}, the manifest has {getattr(manifest, name)}"
             )
+    return _frozen(path, manifest, model, stats)
+
+
+def _frozen(path: Path, manifest: Manifest, model: nn.Module, stats: DatasetStats) -> Teacher:
     for p in model.parameters():
         p.requires_grad_(False)
     return Teacher(path, manifest, model.eval(), stats, phi_is_zero(model))
+
+
+def _imported_model(path: Path, manifest: Manifest) -> nn.Module:
+    """An imported LeRobot policy's native modules behind the distiller's interface
+    (rebuilt from the export alone: its manifest's provenance and model.safetensors)."""
+    from ..lerobot_import.imported import ImportedFlowModel
+    from ..lerobot_import.registry import load_modules
+
+    prefix, expert = load_modules(path)
+    return ImportedFlowModel(prefix, expert, manifest.state_input)
 
 
 def make_student(teacher: Teacher, train_prefix: bool = False) -> nn.Module:

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..export.manifest import PREFIX_ONNX, Manifest
 from ..policy.training import CHECKPOINT, LOG, LoopConfig, run_loop
 from . import DEFAULT_LAMBDA
 from .data import DistillData
@@ -320,67 +319,3 @@ def distill(
         prefix_note,
         cfg,
     )
-
-
-def export_student(
-    result: DistillResult,
-    teacher: Teacher,
-    out_dir: Path,
-    *,
-    data: DistillData | None = None,
-    overwrite: bool = False,
-    parity_tolerance: float = 1e-4,
-) -> tuple[Manifest, float]:
-    """Write the student's export directory and check its ONNX Runtime parity.
-
-    The manifest has ``num_steps = 1``, ``target_time = "shortcut"``, the teacher's digest
-    as ``parent_version`` and the run's provenance; with a frozen prefix ``prefix.onnx``
-    is copied from the teacher.
-
-    Returns:
-        (the manifest, the parity max abs difference).
-
-    Raises:
-        ExportError: ``out_dir`` is not empty and ``overwrite`` is False.
-        ParityError: ONNX Runtime and PyTorch differ by more than ``parity_tolerance``.
-    """
-    from ..export.onnx_export import export_policy
-    from ..export.parity import check_parity
-
-    cfg = result.config
-    provenance = {
-        "kind": "snapflow-distill",
-        "paper": "arXiv 2604.05656",
-        "objective": cfg.objective,
-        "teacher": teacher.manifest.digest,
-        "teacher_num_steps": teacher.manifest.num_steps,
-        "steps": result.steps,
-        "mix_ratio": cfg.mix_ratio,
-        "alpha": cfg.alpha,
-        "lambda": cfg.lam,
-        "lr": cfg.lr,
-        "optimizer": "AdamW",
-        "batch_size": cfg.batch_size,
-        "seed": cfg.seed,
-        "ema_decay": cfg.ema_decay,
-        "prefix": "trained: prefix.onnx exported anew, prefix cache not shared with the teacher"
-        if cfg.train_prefix
-        else "frozen: prefix.onnx is the teacher's, prefix cache shared",
-        "teacher_phi_zero": teacher.phi_zero,
-        "data": data.description if data else None,
-        "losses": result.losses,
-        "run_dir": str(result.run_dir),
-    }
-    manifest = export_policy(
-        result.student,
-        teacher.stats,
-        out_dir,
-        num_steps=1,
-        target_time="shortcut",
-        parent_version=teacher.manifest.digest,
-        provenance=provenance,
-        overwrite=overwrite,
-        prefix_onnx_from=None if cfg.train_prefix else teacher.path / PREFIX_ONNX,
-    )
-    report = check_parity(result.student, out_dir, tolerance=parity_tolerance)
-    return manifest, report.max_abs_diff

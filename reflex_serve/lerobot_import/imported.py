@@ -106,7 +106,7 @@ class ImportedFlowModel(nn.Module):
             raise ValueError(f"state_input must be one of {STATE_INPUTS}, got {state_input!r}")
         self.prefix, self.expert, self.state_input = prefix, expert, state_input
 
-    def encode_prefix(self, images, tokens, token_mask, state):
+    def encode_prefix(self, images, tokens, token_mask, state=None):
         """images uint8 (B, cams, H, W, 3), tokens / token_mask int64 (B, T), state
         float32 (B, max_state_dim) (used only when it enters the prefix) ->
         (prefix_kv (B, L, 2, P, D), prefix_mask (B, P))."""
@@ -120,3 +120,39 @@ class ImportedFlowModel(nn.Module):
         if self.state_input == "expert":
             return self.expert(x_t, t, s, state, prefix_kv, prefix_mask)
         return self.expert(x_t, t, s, prefix_kv, prefix_mask)
+
+
+def policy_from_export(export_dir: Path, manifest, stats: DatasetStats, model: ImportedFlowModel) -> ImportedPolicy:
+    """An :class:`ImportedPolicy` with ``model``'s modules and an imported export's
+    description (a distilled student of an imported teacher is exported this way).
+
+    Args:
+        export_dir: the imported export whose manifest, statistics and tokenizer file
+            the policy takes (the teacher's).
+        manifest: its :class:`~reflex_serve.export.manifest.Manifest`.
+        stats: its statistics.
+        model: the modules to export (the student's).
+    """
+    tokenizer_file = manifest.tokenizer.get("file")
+    return ImportedPolicy(
+        kind=manifest.policy_kind.removeprefix("lerobot-"),
+        prefix=model.prefix,
+        expert=model.expert,
+        state_input=manifest.state_input,
+        cameras=list(manifest.cameras),
+        state_dim=manifest.state_dim,
+        action_dim=manifest.action_dim,
+        max_state_dim=manifest.model_state_dim,
+        max_action_dim=manifest.model_action_dim,
+        chunk_size=manifest.chunk_size,
+        n_action_steps=manifest.n_action_steps,
+        num_steps=manifest.num_steps,
+        max_text_tokens=manifest.max_text_tokens,
+        prefix_len=manifest.prefix_len,
+        num_kv_layers=manifest.num_kv_layers,
+        kv_dim=manifest.kv_dim,
+        tokenizer=dict(manifest.tokenizer),
+        stats=stats,
+        tokenizer_file=Path(export_dir) / tokenizer_file if tokenizer_file else None,
+        provenance=dict(manifest.provenance),
+    )

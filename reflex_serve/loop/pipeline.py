@@ -100,7 +100,7 @@ def data_stage(ctx: RunContext) -> dict[str, Any]:
     spec = DataSpec(data=ctx.store.url, source="served", model_version=ctx.teacher_version,
                     until=ctx.data_until)
     try:
-        rows = load_data(spec, teacher.manifest, teacher.stats)
+        rows = load_data(spec, teacher.manifest, teacher.stats, teacher.path)
     except DataError as exc:
         raise Refused(f"no usable data: {exc}") from None
     detail = {"rows": rows.size, "until": ctx.data_until.isoformat(),
@@ -114,7 +114,8 @@ def data_stage(ctx: RunContext) -> dict[str, Any]:
 
 def distill_stage(ctx: RunContext) -> dict[str, Any]:
     """Train and export the SnapFlow student (``run_dir/student``)."""
-    from reflex_serve.distill.trainer import DistillConfig, distill, export_student
+    from reflex_serve.distill.student_export import export_student
+    from reflex_serve.distill.trainer import DistillConfig, distill
 
     c = ctx.config
     cfg = DistillConfig(steps=c.distill_steps, batch_size=c.batch_size, lr=c.lr, seed=c.seed,
