@@ -134,7 +134,11 @@ def parse_act_body(body: Any, manifest: Manifest) -> tuple[Observation, ActParam
     decoded = {}
     for name, cam in cameras.items():
         if name not in images:
-            raise ApiError.invalid(f"images.{name}", "camera is missing", ErrorCode.MISSING_FIELD)
+            raise ApiError.invalid(
+                f"images.{name}",
+                f"camera is missing; this model takes {sorted(cameras)}",
+                ErrorCode.MISSING_FIELD,
+            )
         decoded[name] = http_image(images[name], cam, f"images.{name}")
     obs = Observation(
         images=decoded,
