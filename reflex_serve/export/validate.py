@@ -230,7 +230,8 @@ def draw_samples(
     ``noise_shape``, whichever the policy: two policies see the same noise. Each runs at
     its own default ``num_steps``.
     """
-    out = np.empty((len(observations), samples, *noise_shape), np.float32)
+    # actions are (H, action_dim); the noise may be wider (a model padded to max_action_dim)
+    out = np.empty((len(observations), samples, noise_shape[0], policy.manifest.action_dim), np.float32)
     for i, obs in enumerate(observations):
         for k in range(samples):
             noise = np.random.default_rng([seed, i, k]).standard_normal(
@@ -283,6 +284,24 @@ def compare(
     ]
 
 
+def _parity(export_dir: Path, policy) -> float:
+    """Max abs action difference between ONNX Runtime and the export's PyTorch weights
+    (the native policy, or an imported LeRobot policy's rebuilt modules)."""
+    if policy.manifest.policy_kind.startswith("lerobot-"):
+        from ..lerobot_import.imported import ImportedFlowModel, policy_from_export
+        from ..lerobot_import.registry import load_modules
+        from .imported_export import check_imported_parity
+
+        model = ImportedFlowModel(*load_modules(export_dir), policy.manifest.state_input)
+        imported = policy_from_export(export_dir, policy.manifest, policy.stats, model)
+        return check_imported_parity(imported, export_dir, tolerance=float("inf")).max_abs_diff
+    from .parity import check_parity
+    from .weights import load_model
+
+    model = load_model(export_dir / WEIGHTS)
+    return check_parity(model, export_dir, tolerance=float("inf")).max_abs_diff
+
+
 def validate_export(
     student_dir: Path,
     reference_dir: Path | None = None,
@@ -319,19 +338,15 @@ def validate_export(
     from ..gates.evidence import EvidenceError, default_store_url, replay_observations
     from ..runtime.cache import PrefixCache
     from ..runtime.policy import Policy
-    from .parity import check_parity
-    from .weights import load_model
-
     if samples < 2 or observations < 1:
         raise ValidationError("need --samples >= 2 and --observations >= 1")
     cache = PrefixCache(64 << 20)  # exports that share prefix.onnx share entries
     try:
         pol = Policy(student_dir, cache=cache)
-        model = load_model(Path(student_dir) / WEIGHTS)
         ref = Policy(reference_dir, cache=cache) if reference_dir is not None else None
+        parity = _parity(Path(student_dir), pol)
     except (ExportError, FileNotFoundError, ValueError) as exc:
         raise ValidationError(str(exc)) from None
-    parity = check_parity(model, student_dir, tolerance=float("inf")).max_abs_diff
     report = ValidationReport(
         student=str(student_dir),
         student_version=pol.version,
