@@ -37,7 +37,7 @@ def test_imported_checkpoint_without_environment_is_unavailable_with_reason():
     choice = suite_for(imported({"checkpoint": "/ckpt"}))
     assert choice.name is None and not choice.available
     assert "names no simulation environment" in choice.reason
-    assert "P1 and P2 are then not evaluated" in choice.reason
+    assert "P1 and P2 are then not evaluated" in choice.reason and "overrides" in choice.reason
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libero") is not None, reason="LIBERO is installed here")

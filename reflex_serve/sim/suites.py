@@ -64,7 +64,8 @@ def suite_for(manifest: Any) -> SuiteChoice:
             f"the imported {kind} checkpoint names no simulation environment (its "
             "train_config.json has no 'env' entry, or was not next to config.json at "
             "import); evaluate it on its robot, and let the gates replay logged "
-            "observations (P1 and P2 are then not evaluated)",
+            "observations (P1 and P2 are then not evaluated, and block a swap until an "
+            "operator overrides them with an audited reason)",
         )
     if env_type == LIBERO:
         if importlib.util.find_spec("libero") is None:
