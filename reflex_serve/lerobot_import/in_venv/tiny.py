@@ -150,9 +150,27 @@ def build_paligemma_family(kind: str, out_dir: Path, seed: int):
     )
     torch.manual_seed(seed)
     policy = Policy(config).eval()
+    if kind == "pi05":
+        randomise_adarms(policy, seed)
     pre, post = procs(config, dataset_stats=synthetic_stats(seed))
     (out_dir / MARKER).write_text(json.dumps(marker_contents()))
     return policy, pre, post
+
+
+def randomise_adarms(policy, seed: int, std: float = 0.1) -> None:
+    """Give pi0.5's adaRMS projections (``*.dense.weight``) random values.
+
+    LeRobot zero-initialises them, so an untrained pi0.5 ignores the time entirely (its
+    norms see only the biases); a trained one does not. Random values make the tiny
+    policy's actions depend on the time embedding, as a parity test needs.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(20_000 + seed)
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if name.endswith(".dense.weight"):
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
 
 
 BUILDERS = {
