@@ -1,4 +1,4 @@
-"""``reflex import lerobot CHECKPOINT_DIR --output EXPORT_DIR [--vlm DIR] [--overwrite]``.
+"""``reflex import lerobot CHECKPOINT_DIR --output EXPORT_DIR [--vlm DIR | --tokenizer FILE]``.
 
 Reads a LeRobot checkpoint with plain files (no LeRobot needed), writes an export
 directory and checks ONNX Runtime against the native torch modules on synthetic
@@ -29,10 +29,11 @@ def import_lerobot(
     checkpoint_dir: Annotated[Path, typer.Argument(help="LeRobot checkpoint directory (config.json, model.safetensors, policy_*processor files).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Export directory to write.")],
     vlm: Annotated[Path | None, typer.Option(help="SmolVLA: the SmolVLM directory (config.json, tokenizer.json); default: the config's vlm_model_name when it is a local directory.")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="pi0 / pi0.5: PaliGemma's tokenizer.json (default: google/paligemma-3b-pt-224 in the Hugging Face cache).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
     parity_observations: Annotated[int, typer.Option(min=1, help="Synthetic observations of the ONNX vs torch check.")] = 3,
 ) -> None:
-    """Import a LeRobot SmolVLA (pi0 / pi0.5 when ported) checkpoint as an export directory."""
+    """Import a LeRobot SmolVLA, pi0 or pi0.5 checkpoint as an export directory."""
     from ..export.imported_export import check_imported_parity, export_imported
     from ..export.manifest import ExportError
     from ..export.parity import ParityError
@@ -40,7 +41,7 @@ def import_lerobot(
     from .registry import load_checkpoint, policy_kind
 
     try:
-        policy = load_checkpoint(checkpoint_dir, vlm_dir=vlm)
+        policy = load_checkpoint(checkpoint_dir, vlm_dir=vlm, tokenizer_file=tokenizer)
         manifest = export_imported(policy, output, policy_kind=policy_kind(policy.kind), overwrite=overwrite)
     except (CheckpointError, ExportError) as exc:
         _fail(str(exc))

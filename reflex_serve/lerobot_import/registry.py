@@ -24,17 +24,20 @@ from ..export.manifest import WEIGHTS, ExportError, read_manifest
 from .checkpoint import read_config
 from .imported import CheckpointError, ImportedPolicy
 
-#: config.json "type" -> (module of this package, loader function, manifest policy_kind)
+#: config.json "type" -> (module of this package, loader function, manifest policy_kind,
+#: the loader's keyword for the extra input file: the SmolVLM directory or PaliGemma's
+#: tokenizer.json)
 PORTS = {
-    "smolvla": ("smolvla", "load_smolvla", "lerobot-smolvla"),
-    "pi0": ("pi0", "load_pi0", "lerobot-pi0"),
-    "pi05": ("pi05", "load_pi05", "lerobot-pi05"),
+    "smolvla": ("smolvla", "load_smolvla", "lerobot-smolvla", "vlm_dir"),
+    "pi0": ("pi0", "load_pi0", "lerobot-pi0", "tokenizer_file"),
+    "pi05": ("pi05", "load_pi05", "lerobot-pi05", "tokenizer_file"),
 }
-KINDS = {kind: policy_type for policy_type, (_, _, kind) in PORTS.items()}
+OPTION_FLAGS = {"vlm_dir": "--vlm", "tokenizer_file": "--tokenizer"}
+KINDS = {kind: policy_type for policy_type, (_, _, kind, _) in PORTS.items()}
 
 
 def _port(policy_type: str):
-    module, _, _ = PORTS[policy_type]
+    module = PORTS[policy_type][0]
     try:
         return importlib.import_module(f"{__package__}.{module}")
     except ModuleNotFoundError as exc:
@@ -46,12 +49,15 @@ def _port(policy_type: str):
         ) from None
 
 
-def load_checkpoint(checkpoint_dir: str | Path, vlm_dir: str | Path | None = None) -> ImportedPolicy:
+def load_checkpoint(checkpoint_dir: str | Path, vlm_dir: str | Path | None = None,
+                    tokenizer_file: str | Path | None = None) -> ImportedPolicy:
     """Read any supported LeRobot checkpoint, dispatching on config.json ``type``.
 
-    ``vlm_dir`` is passed to the port when given (SmolVLA: the SmolVLM directory).
+    ``vlm_dir`` (SmolVLA: the SmolVLM directory) and ``tokenizer_file`` (pi0 / pi0.5:
+    PaliGemma's tokenizer.json) are passed to the port that takes them, when given.
     Raises CheckpointError: missing / invalid files (named), an unknown or not yet
-    ported type, an unsupported setting (the config field named).
+    ported type, an option the type does not take, an unsupported setting (the config
+    field named).
     """
     config = read_config(Path(checkpoint_dir))
     policy_type = config["type"]
@@ -60,10 +66,14 @@ def load_checkpoint(checkpoint_dir: str | Path, vlm_dir: str | Path | None = Non
             f"{Path(checkpoint_dir) / 'config.json'}: policy type {policy_type!r} is not supported "
             f"(supported: {sorted(PORTS)})"
         )
-    loader = getattr(_port(policy_type), PORTS[policy_type][1])
-    if vlm_dir is None:
-        return loader(checkpoint_dir)
-    return loader(checkpoint_dir, vlm_dir=vlm_dir)
+    options = {k: v for k, v in (("vlm_dir", vlm_dir), ("tokenizer_file", tokenizer_file)) if v is not None}
+    _, loader_name, _, takes = PORTS[policy_type]
+    for name in options:
+        if name != takes:
+            raise CheckpointError(f"{OPTION_FLAGS[name]} does not apply to a {policy_type} checkpoint "
+                                  f"(it takes {OPTION_FLAGS[takes]})")
+    loader = getattr(_port(policy_type), loader_name)
+    return loader(checkpoint_dir, **options)
 
 
 def policy_kind(policy_type: str) -> str:
