@@ -192,4 +192,16 @@ def check_onnx(
         actions = runtime.act(obs, noise=noise, num_steps=policy.num_steps).actions
         worst = max(worst, float(np.abs(actions - ref["actions"][k]).max()))
     assert worst < TOLERANCE, worst
+    _check_load_modules(policy, out)
     return worst
+
+
+def _check_load_modules(policy: ImportedPolicy, export_dir: Path) -> None:
+    """registry.load_modules (the distiller's entry) rebuilds the port's exact modules."""
+    from reflex_serve.lerobot_import.registry import load_modules
+
+    prefix, expert = load_modules(export_dir)
+    assert type(prefix) is type(policy.prefix) and type(expert) is type(policy.expert)
+    for mine, theirs in ((policy.prefix, prefix), (policy.expert, expert)):
+        want = mine.state_dict()
+        assert all(torch.equal(v, want[k]) for k, v in theirs.state_dict().items())
