@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..export.manifest import WEIGHTS, ExportError, read_manifest
-from .checkpoint import read_config
+from .checkpoint import read_config, read_json
 from .imported import CheckpointError, ImportedPolicy
 
 #: config.json "type" -> (module of this package, loader function, manifest policy_kind,
@@ -73,7 +73,26 @@ def load_checkpoint(checkpoint_dir: str | Path, vlm_dir: str | Path | None = Non
             raise CheckpointError(f"{OPTION_FLAGS[name]} does not apply to a {policy_type} checkpoint "
                                   f"(it takes {OPTION_FLAGS[takes]})")
     loader = getattr(_port(policy_type), loader_name)
-    return loader(checkpoint_dir, **options)
+    policy = loader(checkpoint_dir, **options)
+    env = training_env(Path(checkpoint_dir))
+    if env is not None:
+        policy.provenance["env"] = env
+    return policy
+
+
+def training_env(checkpoint_dir: Path) -> dict | None:
+    """The simulation environment the checkpoint was trained for: ``env`` of the
+    ``train_config.json`` LeRobot saves beside config.json (e.g. ``{"type": "libero",
+    "task": "libero_10", ...}``), or None when there is none (a robot dataset). The
+    evaluation suite is chosen by it (:mod:`reflex_serve.sim.suites`).
+
+    Raises CheckpointError: a train_config.json that is not valid JSON.
+    """
+    path = checkpoint_dir / "train_config.json"
+    if not path.is_file():
+        return None
+    env = read_json(path).get("env")
+    return env if isinstance(env, dict) and env.get("type") else None
 
 
 def policy_kind(policy_type: str) -> str:
