@@ -29,7 +29,7 @@ from reflex_serve.server.runner import spawn_server
 
 pytestmark = requires_venv
 
-KINDS = ["smolvla"]
+KINDS = ["smolvla", "pi0"]
 SERVED = 96  # requests logged by the teacher; the store holds 10% of episodes out
 
 
@@ -43,10 +43,17 @@ def reflex(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module", params=KINDS)
 def teacher(request, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp(f"distill-{request.param}")
-    venv.build_tiny(request.param, root / "ckpt", seed=0)
-    done = reflex("import", "lerobot", str(root / "ckpt"), "--output", str(root / "teacher"))
+    venv.build_tiny(request.param, root / "ckpt", seed=0, hf_home=root / "hf-home")
+    done = reflex("import", "lerobot", str(root / "ckpt"), "--output", str(root / "teacher"),
+                  *tokenizer_option(root))
     assert done.returncode == 0, done.stderr
     return root / "teacher"
+
+
+def tokenizer_option(root: Path) -> list[str]:
+    """pi0 / pi0.5 read PaliGemma's tokenizer.json (the tiny build's fake hub-cache entry)."""
+    found = sorted((root / "hf-home" / "hub").glob("models--google--paligemma*/snapshots/*/tokenizer.json"))
+    return ["--tokenizer", str(found[0])] if found else []
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +146,8 @@ def test_eval_refuses_a_libero_checkpoint_naming_the_suite(teacher, tmp_path):
     libero = tmp_path / "ckpt"
     shutil.copytree(ckpt, libero)
     (libero / "train_config.json").write_text(json.dumps({"env": {"type": "libero", "task": "libero_10"}}))
-    done = reflex("import", "lerobot", str(libero), "--output", str(tmp_path / "export"))
+    done = reflex("import", "lerobot", str(libero), "--output", str(tmp_path / "export"),
+                  *tokenizer_option(teacher.parent))
     assert done.returncode == 0, done.stderr
     assert read_manifest(tmp_path / "export").provenance["env"]["type"] == "libero"
     done = reflex("eval", str(tmp_path / "export"), "--num-episodes", "1", "--no-progress")
