@@ -6,6 +6,7 @@
     prefix.py     PrefixFeatures: frozen-prefix outputs, cached once per observation
     trainer.py    DistillConfig, distill (resumable run)
     student_export.py  export_student: the student's export directory + parity check
+    state_out.py  --state-out: a pi0.5 student whose prompt holds no state (its expert takes it)
     cli.py        ``reflex train distill``
 """
 

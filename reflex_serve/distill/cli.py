@@ -84,16 +84,24 @@ def distill_cmd(
         ),
     ] = DEFAULT_LAMBDA,
     objective: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="snapflow, or trajectory (regress the 1-step output on the teacher's "
-            "N-step result)."
+            "N-step result). Default: snapflow; trajectory with --state-out."
         ),
-    ] = "snapflow",
+    ] = None,
     train_prefix: Annotated[
         bool,
         typer.Option(
             "--train-prefix", help="Also train the prefix (its cache is then not shared)."
+        ),
+    ] = False,
+    state_out: Annotated[
+        bool,
+        typer.Option(
+            "--state-out",
+            help="pi0.5 teachers only: move the state from the prompt to an explicit expert "
+            "input, so the student's prefix is cacheable across control steps.",
         ),
     ] = False,
     runtime: Annotated[str, typer.Option(help="Where to train: local.")] = "local",
@@ -151,8 +159,9 @@ def distill_cmd(
             mix_ratio=mix_ratio,
             alpha=alpha,
             lam=lam,
-            objective=objective,
+            objective=objective or ("trajectory" if state_out else "snapflow"),
             train_prefix=train_prefix,
+            state_out=state_out,
             seed=seed,
             threads=threads,
             prefix_cache_mb=prefix_cache_mb,
@@ -166,6 +175,13 @@ def distill_cmd(
         teacher = load_teacher(teacher_export)
     except TeacherError as exc:
         _fail(f"TEACHER_EXPORT: {exc}")
+    if state_out:
+        from .state_out import StateOutError, check_teacher
+
+        try:
+            check_teacher(teacher.manifest, train_prefix)
+        except StateOutError as exc:
+            _fail(str(exc))
     if model_version == "teacher":
         model_version = teacher.manifest.version
     previous = read_run(run_dir) if resume else None

@@ -95,6 +95,8 @@ class DistillData:
         description: the filter, for provenance (JSON-serialisable).
         fingerprint: sha256 of the row identities, states and labels; a resumed run
             checks it.
+        instructions: str (N,) the instructions, for a student that tokenizes its own
+            prompt (``--state-out``); None when not kept.
     """
 
     images: torch.Tensor
@@ -105,6 +107,7 @@ class DistillData:
     description: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
     token_mask: torch.Tensor | None = None
+    instructions: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -157,13 +160,14 @@ def check_dims(
         )
 
 
-def _text(
-    instructions: np.ndarray, state: np.ndarray, manifest: Manifest, export_dir: Path | None
+def text_tokens(
+    instructions: np.ndarray, state: np.ndarray, spec: dict, max_tokens: int, export_dir: Path | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens and token mask, int64 (N, T) each, with the teacher's tokenizer (the same
+    """Tokens and token mask, int64 (N, T) each, for instructions str (N,) and normalised
+    states float32 (N, state_dim) with the tokenizer ``spec`` (a manifest entry; the same
     encoder the runtime uses; once per distinct instruction unless the state is written
     into the prompt, as pi0.5 does)."""
-    encoder = tokenizer.make_text_encoder(manifest.tokenizer, manifest.max_text_tokens, export_dir)
+    encoder = tokenizer.make_text_encoder(spec, max_tokens, export_dir)
     if encoder.uses_state:
         pairs = [encoder.encode(str(text), row) for text, row in zip(instructions, state)]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
@@ -200,7 +204,8 @@ def _finish(
     h.update(state.tobytes())
     h.update(chunks.tobytes())
     state = stats.state.normalize(state)
-    tokens, mask = _text(np.concatenate([p["instructions"] for p in parts]), state, manifest, export_dir)
+    instructions = np.concatenate([p["instructions"] for p in parts]).astype(str)
+    tokens, mask = text_tokens(instructions, state, manifest.tokenizer, manifest.max_text_tokens, export_dir)
     imported = manifest.policy_kind.startswith("lerobot-")  # its prefix graph takes the mask
     return DistillData(
         images=torch.from_numpy(np.ascontiguousarray(images)),
@@ -211,6 +216,7 @@ def _finish(
         description={**description, "rows": rows},
         fingerprint=h.hexdigest(),
         token_mask=torch.from_numpy(mask) if imported else None,
+        instructions=instructions,
     )
 
 

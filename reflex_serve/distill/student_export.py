@@ -60,9 +60,7 @@ def export_student(
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
         "ema_decay": cfg.ema_decay,
-        "prefix": "trained: prefix.onnx exported anew, prefix cache not shared with the teacher"
-        if cfg.train_prefix
-        else "frozen: prefix.onnx is the teacher's, prefix cache shared",
+        "prefix": _prefix_note(cfg),
         "teacher_phi_zero": teacher.phi_zero,
         "data": data.description if data else None,
         "losses": result.losses,
@@ -82,6 +80,15 @@ def export_student(
     return manifest, report.max_abs_diff
 
 
+def _prefix_note(cfg) -> str:
+    if cfg.train_prefix:
+        return "trained: prefix.onnx exported anew, prefix cache not shared with the teacher"
+    if cfg.state_out:
+        return ("frozen: prefix.onnx is the teacher's; its token input is the state-free prompt, "
+                "so cache entries are shared across states, not with the teacher")
+    return "frozen: prefix.onnx is the teacher's, prefix cache shared"
+
+
 def _export_imported_student(
     result: DistillResult,
     teacher: Teacher,
@@ -97,11 +104,15 @@ def _export_imported_student(
     from ..lerobot_import.imported import policy_from_export
 
     policy = policy_from_export(teacher.path, teacher.manifest, teacher.stats, result.student)
+    if result.config.state_out:  # its own prompt, state input and expert class
+        from .state_out import student_policy
+
+        policy = student_policy(policy)
     manifest = export_imported(
         policy,
         out_dir,
         policy_kind=teacher.manifest.policy_kind,
-        provenance={**teacher.manifest.provenance, **provenance},
+        provenance={**policy.provenance, **provenance},
         **common,
     )
     report = check_imported_parity(policy, out_dir, tolerance=parity_tolerance)

@@ -49,6 +49,7 @@ _RESUME_KEYS = (
     "warmup",
     "weight_decay",
     "ema_decay",
+    "state_out",
 )
 
 
@@ -74,6 +75,8 @@ class DistillConfig:
         warmup: learning-rate warm-up steps (default min(300, steps // 10)).
         ema_decay: the exported weights are the EMA of the trained ones.
         max_minutes: stop early (the run stays resumable).
+        state_out: a pi0.5 teacher's state leaves the prompt for the student's expert
+            (:mod:`.state_out`); the student's prefix inputs are then its own.
     """
 
     steps: int = 10000
@@ -95,6 +98,7 @@ class DistillConfig:
     log_every: int = 50
     max_minutes: float | None = None
     progress: bool = True
+    state_out: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.threads < 1:
@@ -197,6 +201,17 @@ def read_losses(run_dir: Path) -> dict[str, Any]:
     return {"first": json.loads(lines[0]), "last": json.loads(lines[-1])} if lines else {}
 
 
+def _student(teacher: Teacher, data: DistillData, cfg: DistillConfig) -> tuple[nn.Module, tuple]:
+    """The student at step 0 and its prefix inputs for every frame of ``data``.
+    Raises StateOutError (:mod:`.state_out`) when ``cfg.state_out`` does not apply."""
+    if cfg.state_out:
+        from .state_out import make_state_out_student
+
+        made = make_state_out_student(teacher, data, cfg.train_prefix)
+        return made.model, made.prefix_inputs
+    return make_student(teacher, cfg.train_prefix), data.prefix_inputs()
+
+
 def distill(
     teacher: Teacher,
     data: DistillData,
@@ -218,7 +233,9 @@ def distill(
     Raises:
         DistillError: a checkpoint exists without ``resume``, or ``resume`` against a
             different teacher, other data or other settings.
+        StateOutError: ``cfg.state_out`` with a teacher other than an imported pi0.5.
     """
+    student, inputs = _student(teacher, data, cfg)  # first: a refusal leaves no run behind
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(run_dir, teacher, data, cfg, resume)
@@ -247,23 +264,23 @@ def distill(
             "with s = t), so the student's 1-step output starts away from the teacher's; "
             "SnapFlow trains it, but teachers should be trained with phi frozen"
         )
-    student = make_student(teacher, cfg.train_prefix)
     sf = cfg.snapflow(teacher.manifest.num_steps)
-    # frozen-prefix outputs: of the teacher (== the student's frozen prefix), once per frame
-    # when a run visits at least as many samples as there are frames
-    features = None
-    if not cfg.train_prefix or cfg.objective == "trajectory":
-        features = PrefixFeatures(
-            teacher.model,
-            data.prefix_inputs(),
-            cfg.prefix_cache_mb * 2**20,
-            precompute=cfg.steps * cfg.batch_size >= data.size,
-        )
+    # frozen-prefix outputs: of the teacher's prefix (== the student's frozen one) on the
+    # student's inputs; the teacher's own, for the trajectory target, when those differ
+    # (trained prefix, or a state-out student's state-free prompt). Computed once per frame
+    # when a run visits at least as many samples as there are frames.
+    own = cfg.objective == "trajectory" and (cfg.train_prefix or cfg.state_out)
+    budget = cfg.prefix_cache_mb * 2**20 / max(1, (not cfg.train_prefix) + own)
+    precompute = cfg.steps * cfg.batch_size >= data.size
+    features = None if cfg.train_prefix else PrefixFeatures(teacher.model, inputs, budget, precompute)
+    teacher_features = PrefixFeatures(teacher.model, data.prefix_inputs(), budget, precompute) if own else None
     prefix_note = (
         "prefix trained (exported anew: its cache entries are not shared)"
         if cfg.train_prefix
         else f"prefix frozen; {features.describe()}"
     )
+    if cfg.state_out:
+        prefix_note += "; state-out: the student's prompt holds no state, its expert takes it"
     echo(prefix_note)
     gen = torch.Generator().manual_seed(cfg.seed)
     trained = student if cfg.train_prefix else student.expert
@@ -272,13 +289,11 @@ def distill(
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         calls[0] += 1
         idx = torch.randint(0, data.size, (cfg.batch_size,), generator=gen)
-        teacher_prefix = None
         if cfg.train_prefix:
-            kv, mask = student.encode_prefix(*data.prefix_inputs(idx))
-            if cfg.objective == "trajectory":
-                teacher_prefix = features.get(idx)
+            kv, mask = student.encode_prefix(*(x[idx] for x in inputs))
         else:
             kv, mask = features.get(idx)
+        teacher_prefix = teacher_features.get(idx) if own else None
         terms = snapflow_loss(
             student,
             sf,

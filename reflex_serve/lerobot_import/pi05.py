@@ -55,6 +55,11 @@ class Pi05Expert(nn.Module):
 
     def forward(self, x_t, t, s, prefix_kv, prefix_mask):
         time_emb = sinusoidal_f64(t, self.time_scaling) + self.phi(s)
+        return self.conditioned(x_t, time_emb, prefix_kv, prefix_mask)
+
+    def conditioned(self, x_t, time_emb, prefix_kv, prefix_mask):
+        """The velocity for a given conditioning input ``time_emb`` float32 (B, width)
+        (the sinusoid of t plus whatever is added to it), before the adaRMS MLP."""
         cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
         out = self.core(self.action_in_proj(x_t), prefix_kv, prefix_mask, cond)
         return self.action_out_proj(out)
@@ -76,7 +81,13 @@ def build_modules(config: dict, weights_path, overrides: dict | None = None):
 
 def modules_from_provenance(provenance: dict) -> tuple[PaliGemmaPrefix, Pi05Expert]:
     """Fresh (prefix, expert) of the architecture an export recorded
-    (``provenance["architecture"]``, a :class:`PiArch` dict); weights not loaded.
-    Raises KeyError when the provenance has no architecture."""
+    (``provenance["architecture"]``, a :class:`PiArch` dict); weights not loaded. A
+    ``--state-out`` student (``provenance["state_out"]``) gets its state-taking expert
+    (:mod:`.pi05_state_out`). Raises KeyError when the provenance has no architecture,
+    CheckpointError for a state-out design this version does not know."""
     arch = PiArch.from_dict(provenance["architecture"])
+    if provenance.get("state_out"):
+        from .pi05_state_out import expert_from_provenance
+
+        return PaliGemmaPrefix(arch).eval(), expert_from_provenance(arch, provenance["state_out"])
     return PaliGemmaPrefix(arch).eval(), Pi05Expert(arch).eval()
