@@ -205,3 +205,44 @@ def _check_load_modules(policy: ImportedPolicy, export_dir: Path) -> None:
     for mine, theirs in ((policy.prefix, prefix), (policy.expert, expert)):
         want = mine.state_dict()
         assert all(torch.equal(v, want[k]) for k, v in theirs.state_dict().items())
+
+
+#: the seed an HTTP client sends; the server draws default_rng(seed) noise of (10, 8)
+HTTP_SEED = 1234
+
+
+def noises_with_http_seed() -> np.ndarray:
+    """make_noises() plus, last, the noise the server draws for HTTP_SEED: (3, 10, 8)."""
+    from lerobot_helpers import make_noises
+
+    served = np.random.default_rng(HTTP_SEED).standard_normal((10, 8), dtype=np.float32)
+    return np.concatenate([make_noises(), served[None]])
+
+
+def check_http(policy: ImportedPolicy, ref: dict, observation: dict, out: Path, policy_kind: str) -> float:
+    """Export, start `reflex serve` on it, POST /act (JSON) with HTTP_SEED; the served
+    actions vs LeRobot's for that noise (ref's last); returns the max abs (< TOLERANCE)."""
+    import httpx
+
+    from reflex_serve.export.imported_export import export_imported
+    from reflex_serve.server.runner import spawn_server
+
+    export_imported(policy, out, policy_kind=policy_kind)
+    proc, url = spawn_server(out)
+    try:
+        body = {
+            "images": {c: observation["images"][i].tolist() for i, c in enumerate(observation["cameras"])},
+            "state": observation["state"].tolist(),
+            "instruction": observation["instruction"],
+            "seed": HTTP_SEED,
+        }
+        response = httpx.post(f"{url}/act", json=body, timeout=30)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["num_steps"] == policy.num_steps
+    actions = np.asarray(response.json()["actions"], dtype=np.float32)
+    worst = float(np.abs(actions - ref["actions"][-1]).max())
+    assert worst < TOLERANCE, worst
+    return worst

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lerobot_helpers import INSTRUCTION, make_noises, make_observation, requires_venv
+from lerobot_helpers import INSTRUCTION, make_observation, requires_venv
 from lerobot_pi_helpers import (
     check_actions,
+    check_http,
     check_onnx,
     check_phi,
     check_rebuild,
     check_refusal,
     check_tokens,
+    noises_with_http_seed,
     tokenizer_file,
 )
 
@@ -48,7 +50,7 @@ def observation():
 @pytest.fixture(scope="module")
 def ref(checkpoint, observation, hf_home):
     return venv.reference_actions(
-        checkpoint, noise=make_noises(), repeats=1, hf_home=hf_home, **observation
+        checkpoint, noise=noises_with_http_seed(), repeats=1, hf_home=hf_home, **observation
     )
 
 
@@ -118,3 +120,9 @@ def test_modules_rebuild_from_export_weights(policy, tmp_path, observation, hf_h
 def test_onnx_runtime_equals_lerobot(policy, ref, observation, tmp_path):
     worst = check_onnx(policy, ref, observation, tmp_path / "export", pi05.POLICY_KIND)
     print(f"pi0.5 ONNX Runtime vs LeRobot max abs action difference {worst:.3g}")
+
+
+def test_http_server_equals_lerobot(policy, ref, observation, tmp_path):
+    """`reflex serve` of the export, POST /act with a seed: LeRobot's actions for that noise."""
+    worst = check_http(policy, ref, observation, tmp_path / "export", pi05.POLICY_KIND)
+    print(f"pi05 HTTP /act vs LeRobot max abs action difference {worst:.3g}")

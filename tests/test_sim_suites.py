@@ -10,7 +10,13 @@ import pytest
 
 from reflex_serve.export.manifest import read_manifest
 from reflex_serve.sim.evaluate import sim_settings_from_manifest
-from reflex_serve.sim.suites import LIBERO, METAWORLD, SuiteUnavailable, require_metaworld, suite_for
+from reflex_serve.sim.suites import (
+    LIBERO,
+    METAWORLD,
+    SuiteUnavailable,
+    require_metaworld,
+    suite_for,
+)
 
 TEACHER = "models/metaworld8-teacher"
 
