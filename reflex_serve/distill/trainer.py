@@ -51,6 +51,8 @@ _RESUME_KEYS = (
     "ema_decay",
     "state_out",
 )
+# resume keys added after runs were written: their value in a run that predates them
+_RESUME_DEFAULTS = {"state_out": False}
 
 
 class DistillError(RuntimeError):
@@ -188,10 +190,9 @@ def _check_resume(
             f"then, {data.rows} now); resume needs the same rows"
         )
     for key in _RESUME_KEYS:
-        if info["config"].get(key) != getattr(cfg, key):
-            raise DistillError(
-                f"--resume: {key} was {info['config'].get(key)!r}, now {getattr(cfg, key)!r}"
-            )
+        before = info["config"].get(key, _RESUME_DEFAULTS.get(key))
+        if before != getattr(cfg, key):
+            raise DistillError(f"--resume: {key} was {before!r}, now {getattr(cfg, key)!r}")
 
 
 def read_losses(run_dir: Path) -> dict[str, Any]:
