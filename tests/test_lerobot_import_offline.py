@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from reflex_serve.assets import default_teacher
 from reflex_serve.cli import app
 from reflex_serve.export.imported_export import check_imported_parity, export_imported
-from reflex_serve.export.manifest import CameraSpec, read_manifest
+from reflex_serve.export.manifest import CameraSpec, ExportError, read_manifest
 from reflex_serve.lerobot_import.imported import ImportedPolicy
 from reflex_serve.lerobot_import.registry import load_modules
 from reflex_serve.lerobot_import.smolvla import build_modules
@@ -213,3 +213,28 @@ def test_missing_or_invalid_checkpoint_files_are_named(tmp_path):
     write_tokenizer(vlm / "tokenizer.json")
     result = _import(str(ckpt), "--output", out, "--vlm", str(vlm))
     assert result.exit_code == 2 and "model.safetensors not found" in result.output
+
+
+def test_weights_apart_from_the_graph_are_covered_and_served_alike(imported, export, tmp_path):
+    """A graph over ONNX's 2 GB limit keeps its weights in <graph>.onnx.data (forced here
+    on the small policy): one file per graph, listed as an artifact, in the digest, and
+    served with the same actions; a student copying the prefix copies its weights too."""
+    apart = tmp_path / "apart"
+    m = export_imported(imported, apart, policy_kind="lerobot-smolvla", external_data=True)
+    assert sorted(m.extra_artifacts) == ["expert.onnx.data", "prefix.onnx.data", "tokenizer.json"]
+    graph, data = (apart / "prefix.onnx").stat().st_size, (apart / "prefix.onnx.data").stat().st_size
+    assert graph < (export / "prefix.onnx").stat().st_size and data > 0.5 * graph
+    obs, noise = observation(4), Policy(export).make_noise(1)
+    same = Policy(apart, verify=True).act(obs, noise=noise).actions
+    np.testing.assert_allclose(same, Policy(export).act(obs, noise=noise).actions, atol=1e-6)
+    assert Policy(apart).prefix_digest != Policy(export).prefix_digest  # the weights are in the key
+
+    copy = export_imported(imported, tmp_path / "copy", policy_kind="lerobot-smolvla",
+                           prefix_onnx_from=apart / "prefix.onnx")
+    assert "prefix.onnx.data" in copy.extra_artifacts
+    assert (tmp_path / "copy" / "prefix.onnx.data").read_bytes() == (apart / "prefix.onnx.data").read_bytes()
+
+    data = apart / "expert.onnx.data"
+    data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ExportError, match="does not match its manifest digest"):
+        Policy(apart, verify=True)

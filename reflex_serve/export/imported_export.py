@@ -10,11 +10,16 @@ needs (docs/lerobot.md, "The two graphs"):
   when ``state_input == "expert"``], prefix_kv, prefix_mask -> velocity.
 * model.safetensors: ``prefix.*`` and ``expert.*`` tensors (metadata: policy_kind);
   stats.json; tokenizer.json when the tokenizer reads a file (an extra artifact).
+* ``prefix.onnx.data`` / ``expert.onnx.data`` when a graph's weights exceed the 2 GB
+  protobuf limit of one ONNX file (a real pi0's PaliGemma is about 12 GB in float32):
+  the weights in one external-data file beside the graph (an extra artifact, so the
+  digest covers it), instead of the exporter's one file per tensor.
 """
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +69,29 @@ def _example(policy: ImportedPolicy, batch: int = 2) -> dict[str, torch.Tensor]:
     }
 
 
+def export_graph(module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+                 external_data: bool = False) -> list[str]:
+    """Export ``module`` to ``path`` (opset 17, TorchScript exporter).
+
+    The exporter writes weights over ONNX's 2 GB limit as one external file per tensor;
+    then (or always, with ``external_data``) they are gathered into ``<name>.data``
+    beside the graph. Returns the names of the files written besides ``path`` (none, or
+    that data file).
+    """
+    import onnx
+
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        _onnx_export(module, args, staged, inputs, outputs)
+        if not external_data and [f for f in Path(tmp).iterdir() if f != staged] == []:
+            shutil.move(staged, path)
+            return []
+        data = path.name + ".data"
+        onnx.save_model(onnx.load(str(staged)), str(path), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data, size_threshold=0)
+        return [data]
+
+
 def save_imported_weights(policy: ImportedPolicy, path: Path, policy_kind: str) -> None:
     """model.safetensors with ``prefix.*`` and ``expert.*`` float32 tensors."""
     model = ImportedFlowModel(policy.prefix, policy.expert, policy.state_input)
@@ -82,6 +110,7 @@ def export_imported(
     provenance: dict[str, Any] | None = None,
     prefix_onnx_from: Path | None = None,
     overwrite: bool = False,
+    external_data: bool = False,
 ) -> Manifest:
     """Write an export directory for an imported policy.
 
@@ -92,6 +121,8 @@ def export_imported(
         num_steps: Euler steps recorded (the policy's if None).
         target_time, parent_version, prefix_onnx_from: as :func:`export_policy`.
         provenance: recorded in the manifest (the policy's own provenance if None).
+        external_data: keep each graph's weights in ``<graph>.onnx.data`` even under
+            the 2 GB limit (above it they always are).
 
     Returns:
         The written :class:`Manifest`.
@@ -108,18 +139,21 @@ def export_imported(
     prefix, expert = policy.prefix.eval(), policy.expert.eval()
     prefix_names, expert_names = graph_inputs(policy.state_input)
     ex = _example(policy)
+    extra: list[str] = []
     with torch.no_grad():
         if prefix_onnx_from is not None:
-            shutil.copyfile(prefix_onnx_from, out_dir / PREFIX_ONNX)
+            for name in (PREFIX_ONNX, PREFIX_ONNX + ".data"):  # the graph and its weights, if apart
+                if (Path(prefix_onnx_from).parent / name).is_file():
+                    shutil.copyfile(Path(prefix_onnx_from).parent / name, out_dir / name)
+                    extra += [name] if name != PREFIX_ONNX else []
         else:
-            _onnx_export(prefix, tuple(ex[n] for n in prefix_names), out_dir / PREFIX_ONNX,
-                         prefix_names, ["prefix_kv", "prefix_mask"])
+            extra += export_graph(prefix, tuple(ex[n] for n in prefix_names), out_dir / PREFIX_ONNX,
+                                  prefix_names, ["prefix_kv", "prefix_mask"], external_data)
         ex["prefix_kv"], ex["prefix_mask"] = prefix(*(ex[n] for n in prefix_names))
-        _onnx_export(expert, tuple(ex[n] for n in expert_names), out_dir / EXPERT_ONNX,
-                     expert_names, ["velocity"])
+        extra += export_graph(expert, tuple(ex[n] for n in expert_names), out_dir / EXPERT_ONNX,
+                              expert_names, ["velocity"], external_data)
     save_imported_weights(policy, out_dir / WEIGHTS, policy_kind)
     policy.stats.save(out_dir / STATS)
-    extra = []
     if policy.tokenizer_file is not None:
         name = policy.tokenizer.get("file", "tokenizer.json")
         shutil.copyfile(policy.tokenizer_file, out_dir / name)

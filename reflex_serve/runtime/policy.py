@@ -87,7 +87,12 @@ class Policy:
             self._expert = ort.InferenceSession(str(self.export_dir / EXPERT_ONNX), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ExportError(f"{self.export_dir}: cannot load ONNX graphs: {exc}") from exc
-        self.prefix_digest = _file_sha256(self.export_dir / PREFIX_ONNX)
+        # the prefix cache is shared by exports with the same prefix graph AND weights
+        # (a graph over 2 GB keeps its weights in prefix.onnx.data beside it)
+        data = self.export_dir / (PREFIX_ONNX + ".data")
+        self.prefix_digest = _file_sha256(self.export_dir / PREFIX_ONNX) + (
+            ":" + _file_sha256(data) if data.is_file() else ""
+        )
         self.cache = cache
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
