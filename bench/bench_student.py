@@ -98,11 +98,12 @@ def main() -> None:
             clients[name].wait_ready()
         server_ms: dict[str, list[float]] = {}
         parts: dict[str, dict[str, list[float]]] = {}
-        counter = {"i": 0}
+        calls: dict[str, int] = {}
 
         def call(name: str, client: ReflexClient, steps: int | None):
-            def run() -> None:
-                res = client.act(obs[counter["i"] % n_obs], seed=counter["i"], num_steps=steps)
+            def run() -> None:  # every variant walks the same observations in the same order
+                i = calls[name] = calls.get(name, -1) + 1
+                res = client.act(obs[i % n_obs], seed=i, num_steps=steps)
                 server_ms.setdefault(name, []).append(res.total_ms)
                 record(parts.setdefault(name, {}), res)
             return run
@@ -113,13 +114,7 @@ def main() -> None:
             if name != "teacher":
                 variants[f"student {name}"] = call(name, client, None)
 
-        def advance() -> None:
-            counter["i"] += 1
-
-        fns = dict(variants)
-        fns["(next observation)"] = advance
-        times = interleaved(fns, args.rounds, warmup=10)
-        times.pop("(next observation)")
+        times = interleaved(variants, args.rounds, warmup=10)
         src = f"demo frames of {args.data}" if args.data else "synthetic observations"
         print(f"teacher {teacher.version}, {args.rounds} rounds, {src}, prefix cache off\n")
         print("client round trip (HTTP msgpack, ReflexClient):")
