@@ -42,7 +42,7 @@ from .manifest import (
     write_manifest,
 )
 from .onnx_export import _onnx_export
-from .parity import DEFAULT_TOLERANCE, ParityError, ParityReport, random_observations
+from .parity import DEFAULT_TOLERANCE, ParityError, ParityReport, max_abs_diff, random_observations
 
 
 def graph_inputs(state_input: str) -> tuple[list[str], list[str]]:
@@ -217,7 +217,7 @@ def check_imported_parity(policy: ImportedPolicy, export_dir: Path, *, observati
         noise = runtime.make_noise(seed + i)
         ours = runtime.act(obs, noise=noise, num_steps=n).actions
         ref = torch_actions(policy, encoder, obs, noise, n, runtime.manifest.target_time)
-        worst = max(worst, float(np.abs(ours - ref).max()))
+        worst = max(worst, max_abs_diff(ours, ref))
     report = ParityReport(max_abs_diff=worst, tolerance=tolerance, observations=observations, num_steps=n)
     if not report.ok:
         raise ParityError(f"ONNX Runtime vs torch max abs action difference {worst:.3g} > {tolerance:g} "

@@ -40,6 +40,13 @@ class ParityReport:
         return self.max_abs_diff <= self.tolerance
 
 
+def max_abs_diff(ours: np.ndarray, ref: np.ndarray) -> float:
+    """max |ours - ref|, or inf when either holds NaN or Inf: a parity check must never
+    read a model that outputs NaN as agreeing (``max(0.0, nan)`` is 0.0 in Python)."""
+    diff = np.abs(np.asarray(ours, np.float64) - np.asarray(ref, np.float64))
+    return float(diff.max()) if np.isfinite(diff).all() else float("inf")
+
+
 def torch_act(model: FlowMatchingVLA, stats: DatasetStats, obs: Observation, noise: np.ndarray,
               num_steps: int, target_time: str = "instantaneous") -> np.ndarray:
     """The PyTorch reference for ``Policy.act``: unnormalized actions float32 (H, A)."""
@@ -79,7 +86,7 @@ def check_parity(model: FlowMatchingVLA, export_dir: Path, *, observations: int 
         noise = policy.make_noise(seed + i)
         ours = policy.act(obs, noise=noise, num_steps=n).actions
         ref = torch_act(model, stats, obs, noise, n, policy.manifest.target_time)
-        worst = max(worst, float(np.abs(ours - ref).max()))
+        worst = max(worst, max_abs_diff(ours, ref))
     report = ParityReport(worst, tolerance, observations, n)
     if not report.ok:
         raise ParityError(f"ONNX Runtime vs PyTorch max abs diff {worst:.3g} exceeds {tolerance:g}")

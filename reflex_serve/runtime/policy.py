@@ -146,10 +146,23 @@ class Policy:
             raise InvalidObservation("instruction", "must be a string")
 
     def model_state(self, obs: Observation) -> np.ndarray:
-        """The normalised state, zero-padded to the model's width: float32 (1, max_state_dim)."""
+        """The normalised state, zero-padded to the model's width: float32 (1, max_state_dim).
+
+        Raises:
+            InvalidObservation: a finite state whose normalised value is not (a value so
+                far outside the statistics that float32 overflows, e.g. 3e38).
+        """
         m = self.manifest
         state = np.zeros((1, m.model_state_dim), dtype=np.float32)
-        state[0, : m.state_dim] = self.stats.state.normalize(obs.state.astype(np.float32))
+        with np.errstate(over="ignore", invalid="ignore"):
+            state[0, : m.state_dim] = self.stats.state.normalize(obs.state.astype(np.float32))
+        if not np.isfinite(state).all():
+            bad = int(np.flatnonzero(~np.isfinite(state[0]))[0])
+            raise InvalidObservation(
+                "state",
+                f"value {float(obs.state[bad]):.6g} at index {bad} is too far outside the "
+                "model's state statistics to normalise in float32",
+            )
         return state
 
     def prefix_inputs(self, obs: Observation, state: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -49,6 +49,7 @@ class ErrorCode(str, Enum):
     INVALID_FIELD = "invalid_field"  # 422: wrong type, shape, dtype, range, NaN, encoding
     NOT_READY = "not_ready"  # 503
     INTERNAL_ERROR = "internal_error"  # 500
+    NON_FINITE_ACTIONS = "non_finite_actions"  # 500: the model produced NaN / Inf; nothing sent
 
 
 class ErrorDetail(BaseModel):

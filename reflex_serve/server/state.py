@@ -24,10 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+import numpy as np
 from starlette.requests import HTTPConnection
 
 from reflex_serve.runtime.types import ActResult, InvalidObservation, Observation
-from reflex_serve.server.errors import ApiError
+from reflex_serve.server.errors import ApiError, ErrorCode
 from reflex_serve.server.metrics import ServerMetrics
 from reflex_serve.server.observations import ActParams
 from reflex_serve.server.settings import ServerSettings
@@ -144,15 +145,28 @@ class ServingState:
     def act(self, policy: Policy, obs: Observation, params: ActParams) -> ActResult:
         """Call ``policy.act`` with the request's options (blocking; run in a worker).
 
+        A chunk with NaN or Inf is never sent to a robot: it is a fault of the version
+        (counted against it, so the router's error signal sees it), not of the request.
+
         Raises:
-            ApiError: 422 if the policy rejects the observation.
+            ApiError: 422 if the policy rejects the observation; 500
+                ``non_finite_actions`` if the chunk it computed is not finite.
         """
         try:
-            return policy.act(
+            result = policy.act(
                 obs, num_steps=params.num_steps or self.settings.num_steps, seed=params.seed
             )
         except InvalidObservation as exc:
             raise ApiError.from_invalid_observation(exc) from None
+        if not np.isfinite(result.actions).all():
+            log.error("version %s produced non-finite actions; the chunk was not sent", policy.version)
+            raise ApiError(
+                500,
+                f"model version {policy.version} produced non-finite actions (NaN or Inf) for "
+                "this observation; no chunk was sent",
+                code=ErrorCode.NON_FINITE_ACTIONS,
+            )
+        return result
 
     async def run(self, fn: Callable[..., T], *args) -> T:
         """Run blocking ``fn(*args)`` on the act workers, off the event loop.
