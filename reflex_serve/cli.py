@@ -79,7 +79,7 @@ def train_policy_cmd(
     """Train a flow-matching VLA on demonstrations (pi0-style prefix + action expert)."""
     from .policy.configuration import PolicyConfig
     from .policy.train import TrainConfig, train_policy
-    from .policy.training import LoopConfig
+    from .policy.training import LoopConfig, TrainingDiverged
 
     if n_action_steps > chunk_size:
         raise typer.BadParameter(f"must be <= --chunk-size ({chunk_size})", param_hint="--n-action-steps")
@@ -99,8 +99,12 @@ def train_policy_cmd(
         fail(str(exc))
     provenance["seed"] = seed
     typer.echo(f"training on {provenance['frames']} frames from {provenance['episodes']} episodes")
-    train_policy(frames, cfg, output, LoopConfig(steps=steps, lr=lr, max_minutes=max_minutes),
-                 TrainConfig(batch_size=batch_size, seed=seed, threads=threads), resume=resume, provenance=provenance)
+    try:
+        train_policy(frames, cfg, output, LoopConfig(steps=steps, lr=lr, max_minutes=max_minutes),
+                     TrainConfig(batch_size=batch_size, seed=seed, threads=threads), resume=resume,
+                     provenance=provenance)
+    except TrainingDiverged as exc:
+        fail(str(exc))
     typer.echo(f"run written to {output}")
     if export is not None:
         export_run(output, export, overwrite=False)

@@ -147,6 +147,7 @@ def distill_cmd(
     from .data import DataError, DataSpec, load_data
     from .student_export import export_student
     from .teacher import TeacherError, load_teacher
+    from ..policy.training import TrainingDiverged
     from .trainer import DistillConfig, DistillError, distill, read_run
 
     if output.exists() and any(output.iterdir()) and not overwrite:
@@ -209,7 +210,7 @@ def distill_cmd(
     )
     try:
         result = distill(teacher, rows, cfg, run_dir, resume=resume, echo=typer.echo)
-    except DistillError as exc:
+    except (DistillError, TrainingDiverged) as exc:
         _fail(str(exc))
     last = result.losses.get("last", {})
     typer.echo(

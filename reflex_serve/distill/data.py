@@ -203,15 +203,27 @@ def _finish(
     h = hashlib.sha256("\n".join(ids).encode())
     h.update(state.tobytes())
     h.update(chunks.tobytes())
-    state = stats.state.normalize(state)
+    with np.errstate(over="ignore", invalid="ignore"):
+        state, chunks = stats.state.normalize(state), stats.action.normalize(chunks)
+    # a value far outside the statistics overflows float32 when normalised: such rows
+    # would turn the loss into NaN, so they are left out (and counted)
+    keep = np.isfinite(state).all(1) & np.isfinite(chunks).all((1, 2))
+    skipped = int((~keep).sum())
     instructions = np.concatenate([p["instructions"] for p in parts]).astype(str)
+    if skipped:
+        if not keep.any():
+            raise DataError(f"all {skipped} rows have states or actions too far outside the teacher's statistics")
+        source = np.concatenate([[p["source"]] * len(p["state"]) for p in parts])[keep]
+        rows = {name: int((source == name).sum()) for name in rows}
+        images, state, chunks, instructions = images[keep], state[keep], chunks[keep], instructions[keep]
+        description = {**description, "skipped_non_finite": skipped}
     tokens, mask = text_tokens(instructions, state, manifest.tokenizer, manifest.max_text_tokens, export_dir)
     imported = manifest.policy_kind.startswith("lerobot-")  # its prefix graph takes the mask
     return DistillData(
         images=torch.from_numpy(np.ascontiguousarray(images)),
         tokens=torch.from_numpy(tokens),
         state=torch.from_numpy(_pad(state, manifest.model_state_dim)),
-        chunks=torch.from_numpy(_pad(stats.action.normalize(chunks), manifest.model_action_dim)),
+        chunks=torch.from_numpy(_pad(chunks, manifest.model_action_dim)),
         rows=rows,
         description={**description, "rows": rows},
         fingerprint=h.hexdigest(),

@@ -42,7 +42,10 @@ PROVENANCE_KEY = "state_out"
 class StateEmbedding(nn.Module):
     """state float32 (B, max_state_dim) (normalised, zero-padded) -> float32 (B, width).
 
-    Linear -> SiLU -> Linear, output layer zero-initialised (0 until trained).
+    Linear -> SiLU -> Linear, output layer zero-initialised (0 until trained). The state
+    is clamped to [-1, 1] first, the range the teacher's prompt resolves (256 bins over
+    [-1, 1]; everything above reads as the top bin, everything below as one "-1"), so a
+    state far outside the statistics cannot overflow the MLP.
     """
 
     def __init__(self, state_dim: int, width: int, hidden: int) -> None:
@@ -52,7 +55,7 @@ class StateEmbedding(nn.Module):
         nn.init.zeros_(self.mlp[2].bias)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.mlp(state)
+        return self.mlp(state.clamp(-1.0, 1.0))
 
 
 class Pi05StateOutExpert(Pi05Expert):

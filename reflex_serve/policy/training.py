@@ -70,6 +70,10 @@ class LoopConfig:
     progress: bool = True
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf: the run stops instead of writing NaN weights."""
+
+
 def run_loop(
     model: nn.Module,
     params: list[nn.Parameter],
@@ -91,6 +95,9 @@ def run_loop(
 
     Returns:
         the EMA (its ``model`` holds the averaged weights).
+
+    Raises:
+        TrainingDiverged: the loss is NaN or Inf at some step (before that step's update).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +131,13 @@ def run_loop(
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, loop.steps, loop.lr, loop.warmup)
             terms = step_fn(step)
+            if not torch.isfinite(terms["loss"]):
+                raise TrainingDiverged(
+                    f"{description}: the loss is {float(terms['loss'].detach())} at step {step} "
+                    f"({', '.join(f'{k}={float(v.detach()):.4g}' for k, v in terms.items())}); nothing "
+                    "was written after the last checkpoint. Look for extreme values in the "
+                    "data, or lower the learning rate"
+                )
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, loop.grad_clip)
