@@ -177,3 +177,19 @@ def test_clear_errors(setup, student, tmp_path):
     )
     assert res.exit_code == 2 and "objective" in res.output
     assert not (tmp_path / "x").exists()
+
+
+def test_rows_served_by_other_versions_are_named(setup, tmp_path):
+    """Distilling from a store that another model answered is allowed (its chunks are the
+    labels), but said: the user may have meant the teacher's own traffic."""
+    _, teacher, _ = setup
+    url = make_store(f"sqlite:///{tmp_path / 'store.sqlite'}", served_version="0123456789ab")
+    res = runner.invoke(
+        app,
+        ["train", "distill", str(teacher), "--output", str(tmp_path / "s"), "--data", url,
+         "--source", "served", *FAST],
+        env=ENV,
+    )
+    assert res.exit_code == 0, res.output
+    assert "note: 16 served rows were answered by other versions (0123456789ab)" in res.output
+    assert read_manifest(tmp_path / "s").provenance["data"]["served_versions"] == {"0123456789ab": 16}

@@ -143,11 +143,11 @@ def distill_cmd(
         )
     from ..export.manifest import ExportError
     from ..export.parity import ParityError
+    from ..policy.training import TrainingDiverged
     from ..storage.engine import StoreError
     from .data import DataError, DataSpec, load_data
     from .student_export import export_student
     from .teacher import TeacherError, load_teacher
-    from ..policy.training import TrainingDiverged
     from .trainer import DistillConfig, DistillError, distill, read_run
 
     if output.exists() and any(output.iterdir()) and not overwrite:
@@ -208,6 +208,14 @@ def distill_cmd(
         f"teacher {teacher.manifest.version} ({teacher.manifest.num_steps} steps); "
         f"{rows.size} labelled observations {rows.rows}; run directory {run_dir}"
     )
+    others = {v: n for v, n in rows.description.get("served_versions", {}).items()
+              if v != teacher.manifest.version}
+    if others:
+        typer.echo(
+            f"note: {sum(others.values())} served rows were answered by other versions "
+            f"({', '.join(sorted(others))}), not this teacher; their chunks are the labels. "
+            "--model-version teacher keeps the teacher's own traffic"
+        )
     try:
         result = distill(teacher, rows, cfg, run_dir, resume=resume, echo=typer.echo)
     except (DistillError, TrainingDiverged) as exc:

@@ -20,6 +20,7 @@ normalized with the TEACHER's statistics (``stats.json``), which the student inh
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -330,6 +331,8 @@ def _read_source(store, spec: DataSpec, source: str, manifest: Manifest) -> tupl
         "chunks": batch.chunks,
         "instructions": batch.instructions,
     }
+    if source == "served":
+        part["versions"] = dict(Counter(str(v) for v in batch.model_versions))
     return part, [str(i) for i in batch.ids]
 
 
@@ -374,6 +377,7 @@ def load_data(
         "store": display_url(store.url),
         "source": spec.source,
         "model_version": spec.model_version,
+        "served_versions": next((p["versions"] for p in parts if "versions" in p), {}),
         "split": "train",
         "holdout_pct": spec.holdout_pct,
         "since": spec.since.isoformat() if spec.since else None,
