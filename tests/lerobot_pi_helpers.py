@@ -112,6 +112,21 @@ def check_phi(policy: ImportedPolicy, observation: dict, tok_file: Path) -> None
     assert float((moved - outs[0]).abs().max()) > 1e-3
 
 
+def check_reproducible(loader, checkpoint: str, tok_file: Path) -> None:
+    """Two imports of one checkpoint, whatever the global torch seed, hold the same
+    weights (phi's first layer, which no checkpoint carries, included): the same export."""
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        policy = loader(checkpoint, tok_file)
+        states.append({**{f"prefix.{k}": v for k, v in policy.prefix.state_dict().items()},
+                       **{f"expert.{k}": v for k, v in policy.expert.state_dict().items()}})
+    first, second = states
+    assert first.keys() == second.keys()
+    assert [k for k in first if not torch.equal(first[k], second[k])] == []
+    assert first["expert.phi.target_time_mlp.0.weight"].abs().max() > 0  # drawn, not zero
+
+
 def check_refusal(loader, checkpoint: str, tmp: Path, tok_file: Path, field: str, value) -> None:
     """A copy of the checkpoint with config ``field`` = ``value`` is refused, the error naming it."""
     copy = tmp / f"refused-{field}"

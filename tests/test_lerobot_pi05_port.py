@@ -19,6 +19,7 @@ from lerobot_pi_helpers import (
     check_phi,
     check_rebuild,
     check_refusal,
+    check_reproducible,
     check_tokens,
     noises_with_http_seed,
     tokenizer_file,
@@ -111,6 +112,10 @@ def test_target_time_embedding_is_inert_at_import(policy, observation, hf_home):
 )
 def test_unported_settings_are_refused_by_name(checkpoint, tmp_path, hf_home, field, value):
     check_refusal(pi05.load_pi05, checkpoint, tmp_path, tokenizer_file(hf_home), field, value)
+
+
+def test_an_import_is_reproducible(checkpoint, hf_home):
+    check_reproducible(pi05.load_pi05, checkpoint, tokenizer_file(hf_home))
 
 
 def test_modules_rebuild_from_export_weights(policy, tmp_path, observation, hf_home):

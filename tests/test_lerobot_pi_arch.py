@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from reflex_serve.export.manifest import CameraSpec
 from reflex_serve.lerobot_import.checkpoint import Features
@@ -60,3 +61,16 @@ def test_disagreeing_shapes_are_refused_by_name():
     del expert["core.layers.0.mlp.gate_proj.weight"]
     with pytest.raises(CheckpointError, match="gate_proj"):
         infer_arch(CONFIG, FEATURES, prefix, expert, {"vision_heads": 3})
+
+
+@pytest.mark.parametrize("expert_cls", [Pi0Expert, Pi05Expert])
+def test_phi_is_the_same_whatever_the_global_seed(expert_cls):
+    """phi is not in a checkpoint: the importer draws its first layer from a fixed seed."""
+    phis = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        phis.append(expert_cls(ARCH).phi.target_time_mlp.state_dict())
+    assert all(torch.equal(phis[0][k], phis[1][k]) for k in phis[0])
+    first = phis[0]["0.weight"]
+    assert 0 < first.abs().max() <= ARCH.expert_width**-0.5
+    assert not phis[0]["2.weight"].any() and not phis[0]["2.bias"].any()

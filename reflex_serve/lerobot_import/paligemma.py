@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .phi import target_time_mlp
+
 MASK_VALUE = -2.3819763e38  # lerobot.utils.constants.OPENPI_ATTENTION_MASK_VALUE
 GEMMA_EPS = 1e-6  # transformers GemmaConfig.rms_norm_eps default (LeRobot never sets it)
 SIGLIP_EPS = 1e-6  # SiglipVisionConfig.layer_norm_eps default
@@ -149,7 +151,8 @@ def sinusoidal_f64(t: torch.Tensor, scaling: torch.Tensor) -> torch.Tensor:
 
 
 class TargetTimeEmbedding(nn.Module):
-    """SnapFlow's phi(s): 2-layer MLP on the sinusoid of s, output layer zero-initialised.
+    """SnapFlow's phi(s): 2-layer MLP on the sinusoid of s (:func:`.phi.target_time_mlp`:
+    output layer zero, first layer from a fixed seed).
 
     s (B,) -> float32 (B, width), added to the time embedding; 0 at import, so the
     imported teacher equals LeRobot exactly (s is ignored until distillation trains it).
@@ -158,11 +161,7 @@ class TargetTimeEmbedding(nn.Module):
     def __init__(self, width: int, scaling: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("scaling", scaling.clone(), persistent=False)
-        self.target_time_mlp = nn.Sequential(
-            nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width)
-        )
-        nn.init.zeros_(self.target_time_mlp[2].weight)
-        nn.init.zeros_(self.target_time_mlp[2].bias)
+        self.target_time_mlp = target_time_mlp(width)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         return self.target_time_mlp(sinusoidal_f64(s, self.scaling))

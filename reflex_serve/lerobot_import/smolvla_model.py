@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .phi import target_time_mlp
 from .smolvla_modules import (
     LlamaLayer,
     RMSNorm,
@@ -131,12 +132,7 @@ class SmolVLAExpert(nn.Module):
         self.action_out_proj = nn.Linear(w, a.max_action_dim)
         self.action_time_mlp_in = nn.Linear(2 * w, w)
         self.action_time_mlp_out = nn.Linear(w, w)
-        self.target_time_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
-        gen = torch.Generator().manual_seed(0)  # deterministic: an import is reproducible
-        for param in self.target_time_mlp[0].parameters():
-            param.data.uniform_(-(w**-0.5), w**-0.5, generator=gen)
-        nn.init.zeros_(self.target_time_mlp[2].weight)  # phi(s) = 0: the teacher ignores s
-        nn.init.zeros_(self.target_time_mlp[2].bias)
+        self.target_time_mlp = target_time_mlp(w)  # phi(s) = 0: the teacher ignores s
         self.register_buffer("time_scaling", time_scaling(w, a.min_period, a.max_period), persistent=False)
         self.register_buffer("rope_timescale", rope_timescale(a.head_dim), persistent=False)
         steps = torch.arange(a.chunk_size, dtype=torch.float32)
