@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, models
 from typer.testing import CliRunner
 
@@ -169,6 +170,13 @@ def _import(*args: str):
     return CliRunner().invoke(app, ["import", "lerobot", *args])
 
 
+# the robot interface of a checkpoint config: 1 camera, state 5, action 6, SmolVLA's defaults
+FEATURES = {"input_features": {"observation.images.top": {"type": "VISUAL", "shape": [3, 24, 32]},
+                               "observation.state": {"type": "STATE", "shape": [5]}},
+            "output_features": {"action": {"type": "ACTION", "shape": [6]}},
+            "chunk_size": 50, "n_action_steps": 50, "max_state_dim": 32, "max_action_dim": 32}
+
+
 def _checkpoint(root: Path, **fields) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     config = {"type": "smolvla", "num_vlm_layers": 4, "vlm_model_name": "HuggingFaceTB/SmolVLM2-500M", **fields}
@@ -201,10 +209,7 @@ def test_missing_or_invalid_checkpoint_files_are_named(tmp_path):
     ckpt = _checkpoint(tmp_path / "ckpt", input_features={}, output_features={})
     result = _import(str(ckpt), "--output", out)
     assert result.exit_code == 2 and "features malformed" in result.output
-    features = {"input_features": {"observation.images.top": {"type": "VISUAL", "shape": [3, 24, 32]},
-                                   "observation.state": {"type": "STATE", "shape": [5]}},
-                "output_features": {"action": {"type": "ACTION", "shape": [6]}}}
-    ckpt = _checkpoint(tmp_path / "ckpt2", **features)
+    ckpt = _checkpoint(tmp_path / "ckpt2", **FEATURES)
     result = _import(str(ckpt), "--output", out)
     assert result.exit_code == 2 and "pass --vlm DIR" in result.output
     vlm = tmp_path / "vlm"
@@ -238,3 +243,58 @@ def test_weights_apart_from_the_graph_are_covered_and_served_alike(imported, exp
     data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ExportError, match="does not match its manifest digest"):
         Policy(apart, verify=True)
+
+
+@pytest.mark.parametrize("policy_type", ["smolvla", "pi0", "pi05"])
+@pytest.mark.parametrize("fields, named, why", [
+    ({"chunk_size": 3, "n_action_steps": 10}, "n_action_steps=10", "1..chunk_size (chunk_size=3)"),
+    ({"n_obs_steps": 2}, "n_obs_steps=2", "only one observation step"),
+    ({"max_state_dim": 4}, "max_state_dim=4", "smaller than the 5 values of observation.state"),
+    ({"max_action_dim": 5}, "max_action_dim=5", "smaller than the 6 values of action"),
+])
+def test_inconsistent_interfaces_are_refused_by_every_kind(tmp_path, policy_type, fields, named, why):
+    """LeRobot refuses n_action_steps > chunk_size; no port runs several observation steps
+    or a state / action wider than its padding: one check, before any weights are read."""
+    ckpt = _checkpoint(tmp_path / "ckpt", type=policy_type, **{**FEATURES, **fields})
+    result = _import(str(ckpt), "--output", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert f"config.json field {named} is not supported" in result.output and why in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("policy_type", ["smolvla", "pi0", "pi05"])
+@pytest.mark.parametrize("field, value, expected", [
+    ("chunk_size", "50", "chunk_size='50' is not an integer"),
+    ("max_action_dim", 7.5, "max_action_dim=7.5 is not an integer"),
+    ("n_action_steps", None, "n_action_steps is missing"),
+])
+def test_malformed_config_numbers_name_the_field_and_file(tmp_path, policy_type, field, value, expected):
+    ckpt = _checkpoint(tmp_path / "ckpt", type=policy_type, **{**FEATURES, field: value})
+    result = _import(str(ckpt), "--output", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert f"error: {ckpt / 'config.json'} field {expected}" in result.output
+
+
+def _pi_checkpoint(root: Path, policy_type: str = "pi0") -> Path:
+    return _checkpoint(root, type=policy_type, **FEATURES)
+
+
+@pytest.mark.parametrize("policy_type", ["pi0", "pi05"])
+def test_corrupt_pi_weights_are_named_not_a_traceback(tmp_path, policy_type):
+    ckpt, tok = _pi_checkpoint(tmp_path / "ckpt", policy_type), write_tokenizer(tmp_path / "tokenizer.json")
+    save_file({"w": torch.ones(64, 64)}, str(tmp_path / "whole.safetensors"))
+    truncated = (tmp_path / "whole.safetensors").read_bytes()[:-100]
+    for name, data in (("garbage", b"not a safetensors file at all"), ("empty", b""), ("truncated", truncated)):
+        (ckpt / "model.safetensors").write_bytes(data)
+        result = _import(str(ckpt), "--output", str(tmp_path / name), "--tokenizer", str(tok))
+        assert result.exit_code == 2, (name, result.output)
+        assert "model.safetensors is not a readable safetensors file" in result.output, result.output
+        assert not (tmp_path / name).exists()
+
+
+def test_a_missing_tokenizer_says_which(tmp_path):
+    ckpt = _pi_checkpoint(tmp_path / "ckpt")
+    result = _import(str(ckpt), "--output", str(tmp_path / "out"), "--tokenizer", str(tmp_path / "nope.json"))
+    assert result.exit_code == 2 and "--tokenizer" in result.output and "nope.json does not exist" in result.output
+    assert "pass --tokenizer" not in result.output
+

@@ -108,7 +108,14 @@ def test_target_time_embedding_is_inert_at_import(policy, observation, hf_home):
 
 
 @pytest.mark.parametrize(
-    "field, value", [("use_relative_actions", True), ("image_resolution", [64, 48])]
+    "field, value",
+    [
+        ("use_relative_actions", True),
+        ("image_resolution", [64, 48]),
+        ("max_state_dim", 4),  # below the state's 6 values
+        ("n_obs_steps", 2),
+        ("chunk_size", 3),  # below n_action_steps
+    ],
 )
 def test_unported_settings_are_refused_by_name(checkpoint, tmp_path, hf_home, field, value):
     check_refusal(pi05.load_pi05, checkpoint, tmp_path, tokenizer_file(hf_home), field, value)

@@ -10,6 +10,7 @@ observation and explicit noise is the reference (venv.reference_actions). Compar
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -153,3 +154,21 @@ def test_http_server_matches_lerobot_and_names_what_it_expects(export, ref, obs)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("section, field, value, expected", [
+    ("text_config", "rms_norm_eps", "x", "rms_norm_eps='x' is not a number"),
+    ("vision_config", "num_attention_heads", 2.5, "num_attention_heads=2.5 is not an integer"),
+])
+def test_a_malformed_vlm_config_number_names_the_field_and_file(checkpoint, tmp_path, section, field, value,
+                                                                 expected):
+    vlm = tmp_path / "vlm"
+    shutil.copytree(json.loads((checkpoint / "config.json").read_text())["vlm_model_name"], vlm)
+    config = json.loads((vlm / "config.json").read_text())
+    config.setdefault(section, {})[field] = value
+    (vlm / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["import", "lerobot", str(checkpoint), "--output", str(out), "--vlm", str(vlm)])
+    assert result.exit_code == 2, result.output
+    assert f"error: {vlm / 'config.json'} {section} field {expected}" in result.output
+    assert not out.exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,61 @@ def refuse(config: dict[str, Any], field: str, bad: bool, why: str) -> None:
         raise CheckpointError(f"config.json field {field}={config.get(field)!r} is not supported: {why}")
 
 
+_REQUIRED = object()
+
+
+def number(config: dict[str, Any], field: str, where: str, *, integer: bool = False,
+           default: Any = _REQUIRED) -> Any:
+    """``config[field]`` as an int (``integer``) or a float; ``default`` when it is absent
+    or null (a required field when no default is given).
+
+    ``where`` names the file (and section) in the error, e.g. ``".../config.json
+    text_config"``. Raises CheckpointError naming it and the field when the field is
+    missing, or is not a JSON number (an integral one for ``integer``).
+    """
+    value = config.get(field)
+    if value is None:
+        if default is _REQUIRED:
+            raise CheckpointError(f"{where} field {field} is missing")
+        return default
+    if integer and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool):
+        raise CheckpointError(
+            f"{where} field {field}={value!r} is not {'an integer' if integer else 'a number'}"
+        )
+    return int(value) if integer else float(value)
+
+
+def int_pair(config: dict[str, Any], field: str, where: str,
+             default: list[int] | None) -> tuple[int, int]:
+    """``config[field]`` (``default`` when absent) as two integers, e.g. an image size.
+    Raises CheckpointError naming the file and field when it is not a list of two."""
+    value = config.get(field, default)
+    if not isinstance(value, list) or len(value) != 2:
+        raise CheckpointError(f"{where} field {field}={value!r} is not a list of two integers")
+    first, second = (number({field: v}, field, where, integer=True) for v in value)
+    return first, second
+
+
+def check_interface(config: dict[str, Any], features: Features, where: str) -> None:
+    """Refuse, naming the config field, an interface no port runs (shared by every port):
+    more ``n_action_steps`` than ``chunk_size`` (LeRobot refuses it too), ``n_obs_steps``
+    other than 1, a state or action wider than ``max_state_dim`` / ``max_action_dim`` (the
+    widths they are zero-padded to). ``where`` names config.json for a malformed number."""
+    chunk = number(config, "chunk_size", where, integer=True)
+    steps = number(config, "n_action_steps", where, integer=True)
+    refuse(config, "n_action_steps", not 1 <= steps <= chunk,
+           f"must be 1..chunk_size (chunk_size={chunk})")
+    refuse(config, "n_obs_steps", number(config, "n_obs_steps", where, integer=True, default=1) != 1,
+           "only one observation step")
+    for field, width, what in (("max_state_dim", features.state_dim, "observation.state"),
+                               ("max_action_dim", features.action_dim, "action")):
+        refuse(config, field, number(config, field, where, integer=True) < width,
+               f"smaller than the {width} values of {what} (input/output_features)")
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file."""
     h = hashlib.sha256()
@@ -70,15 +126,25 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_weights(checkpoint: Path) -> tuple[dict[str, np.ndarray], str]:
-    """(model.safetensors tensors as numpy arrays, its sha256). Raises CheckpointError."""
+def read_safetensors(path: Path, load: Callable[[str], dict] = load_file) -> dict:
+    """The tensors of a safetensors file, read by ``load`` (default: as numpy arrays;
+    ``safetensors.torch.load_file`` for bfloat16 weights). Raises CheckpointError naming
+    the file when it is truncated or not a safetensors file."""
+    try:
+        return load(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
+def read_weights(checkpoint: Path, load: Callable[[str], dict] = load_file) -> tuple[dict, str]:
+    """(model.safetensors tensors, read by ``load`` (:func:`read_safetensors`), its sha256).
+
+    Raises CheckpointError naming the file when it is missing or unreadable.
+    """
     path = Path(checkpoint) / WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{path} not found: the checkpoint has no weights")
-    try:
-        return load_file(str(path)), file_sha256(path)
-    except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+    return read_safetensors(path, load), file_sha256(path)
 
 
 @dataclass(frozen=True)
@@ -119,7 +185,7 @@ def _normalizer_step(checkpoint: Path, name: str, registry: str) -> tuple[dict, 
             state_file = step.get("state_file")
             if not state_file or not (checkpoint / state_file).is_file():
                 raise CheckpointError(f"{path}: {registry} statistics file {state_file!r} not found")
-            return step.get("config", {}), load_file(str(checkpoint / state_file))
+            return step.get("config", {}), read_safetensors(checkpoint / state_file)
     raise CheckpointError(f"{path} has no {registry} step")
 
 

@@ -25,13 +25,16 @@ import torch
 from safetensors.torch import load_file
 
 from .checkpoint import (
+    CONFIG,
     LEROBOT_VERSION,
-    WEIGHTS,
     Features,
-    file_sha256,
+    check_interface,
+    int_pair,
+    number,
     read_config,
     read_features,
     read_normalization,
+    read_weights,
     refuse,
 )
 from .imported import CheckpointError, ImportedPolicy
@@ -90,7 +93,7 @@ def check_config(config: dict) -> None:
         bool((config.get("rtc_config") or {}).get("enabled")),
         "real-time chunking guidance is not ported",
     )
-    res = config.get("image_resolution", [224, 224])
+    res = int_pair(config, "image_resolution", CONFIG, [224, 224])
     refuse(config, "image_resolution", res[0] != res[1], "PaliGemma needs a square resolution")
     visual = config.get("normalization_mapping", {}).get("VISUAL", "IDENTITY")
     refuse(config, "normalization_mapping", visual != "IDENTITY",
@@ -156,7 +159,7 @@ def infer_arch(
         arch = PiArch(
             num_cameras=len(features.cameras),
             image_hw=(features.cameras[0].height, features.cameras[0].width),
-            resolution=int(config.get("image_resolution", [224, 224])[0]),
+            resolution=int_pair(config, "image_resolution", CONFIG, [224, 224])[0],
             vision_hidden=vision_hidden,
             vision_intermediate=prefix["vision.layers.0.mlp.fc1.weight"].shape[0],
             vision_layers=_count(prefix, r"vision\.layers\.(\d+)\."),
@@ -173,12 +176,12 @@ def infer_arch(
             kv_heads=int(overrides.get("kv_heads", 1)),
             head_dim=kv_rows // int(overrides.get("kv_heads", 1)),
             adarms="core.norm.dense.weight" in expert,
-            max_state_dim=int(config["max_state_dim"]),
-            max_action_dim=int(config["max_action_dim"]),
-            chunk_size=int(config["chunk_size"]),
-            max_text_tokens=int(config["tokenizer_max_length"]),
-            min_period=float(config["min_period"]),
-            max_period=float(config["max_period"]),
+            max_state_dim=number(config, "max_state_dim", CONFIG, integer=True),
+            max_action_dim=number(config, "max_action_dim", CONFIG, integer=True),
+            chunk_size=number(config, "chunk_size", CONFIG, integer=True),
+            max_text_tokens=number(config, "tokenizer_max_length", CONFIG, integer=True),
+            min_period=number(config, "min_period", CONFIG),
+            max_period=number(config, "max_period", CONFIG),
         )
     except KeyError as exc:
         raise CheckpointError(f"model.safetensors or config.json lacks {exc}") from exc
@@ -223,6 +226,26 @@ def default_tokenizer_file() -> Path | None:
     repo = hub / ("models--" + TOKENIZER_REPO.replace("/", "--"))
     found = sorted(repo.glob("snapshots/*/tokenizer.json"))
     return found[0] if found else None
+
+
+def tokenizer_path(tokenizer_file) -> Path:
+    """``tokenizer_file`` (--tokenizer), else PaliGemma's tokenizer.json in the Hugging
+    Face cache. Raises CheckpointError saying which is missing."""
+    if tokenizer_file is not None:
+        tok = Path(tokenizer_file)
+        if not tok.is_file():
+            raise CheckpointError(
+                f"--tokenizer {tok} does not exist or is not a file "
+                "(it must be PaliGemma's tokenizer.json)"
+            )
+        return tok
+    tok = default_tokenizer_file()
+    if tok is None:
+        raise CheckpointError(
+            f"{TOKENIZER_REPO}'s tokenizer.json is not in the Hugging Face cache: "
+            "pass --tokenizer FILE (PaliGemma's tokenizer.json)"
+        )
+    return tok
 
 
 def size_overrides(checkpoint: Path) -> dict:
@@ -273,18 +296,12 @@ def import_checkpoint(
     checkpoint = Path(checkpoint).resolve()
     config = read_pi_config(checkpoint, kind)
     features = pi_features(config, checkpoint)
-    tok = Path(tokenizer_file) if tokenizer_file else default_tokenizer_file()
-    if tok is None or not tok.is_file():
-        raise CheckpointError(
-            f"tokenizer {tok or TOKENIZER_REPO} not found: pass --tokenizer FILE "
-            "(PaliGemma's tokenizer.json)"
-        )
+    check_interface(config, features, str(checkpoint / CONFIG))
+    tok = tokenizer_path(tokenizer_file)
     overrides = size_overrides(checkpoint)
-    weights = checkpoint / WEIGHTS
-    if not weights.is_file():
-        raise CheckpointError(f"{weights} not found: the checkpoint has no weights")
     # safetensors.torch (not numpy): real pi0 / pi0.5 weights may be stored as bfloat16
-    prefix_sd, expert_sd = native_state_dicts(load_file(str(weights)), kind)
+    tensors, sha = read_weights(checkpoint, load_file)
+    prefix_sd, expert_sd = native_state_dicts(tensors, kind)
     prefix, expert, arch = build(config, features, prefix_sd, expert_sd, expert_cls, overrides)
     stats, norm = read_normalization(checkpoint, features)
     return ImportedPolicy(
@@ -298,8 +315,8 @@ def import_checkpoint(
         max_state_dim=arch.max_state_dim,
         max_action_dim=arch.max_action_dim,
         chunk_size=arch.chunk_size,
-        n_action_steps=int(config["n_action_steps"]),
-        num_steps=int(config["num_inference_steps"]),
+        n_action_steps=number(config, "n_action_steps", CONFIG, integer=True),
+        num_steps=number(config, "num_inference_steps", CONFIG, integer=True),
         max_text_tokens=arch.max_text_tokens,
         prefix_len=arch.prefix_len,
         num_kv_layers=arch.vlm_layers,
@@ -312,7 +329,7 @@ def import_checkpoint(
             "lerobot_version": LEROBOT_VERSION,
             "type": kind,
             "checkpoint": str(checkpoint),
-            "checkpoint_sha256": file_sha256(weights),
+            "checkpoint_sha256": sha,
             "tokenizer_repo": TOKENIZER_REPO,
             "normalization": norm,
             "config": config,

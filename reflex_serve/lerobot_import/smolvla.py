@@ -16,7 +16,11 @@ import numpy as np
 import torch
 
 from .checkpoint import (
+    CONFIG,
     LEROBOT_VERSION,
+    check_interface,
+    int_pair,
+    number,
     read_config,
     read_features,
     read_json,
@@ -47,14 +51,15 @@ _IGNORED = (VLM.replace(".model.", ".lm_head."), VLM + "text_model.norm.")
 
 
 def _check_supported(config: dict[str, Any], path: Path) -> None:
-    """Refuse, naming the config.json field, what the port does not reproduce."""
+    """Refuse, naming the config.json field (``path``), what the port does not reproduce."""
+    where = str(path)
     refuse(config, "adapt_to_pi_aloha", bool(config.get("adapt_to_pi_aloha")),
            "the Aloha joint / gripper transforms are not ported")
     refuse(config, "use_delta_joint_actions_aloha", bool(config.get("use_delta_joint_actions_aloha")),
            "delta joint actions are not ported")
     refuse(config, "add_image_special_tokens", bool(config.get("add_image_special_tokens")),
            "image special tokens around the image features are not ported")
-    refuse(config, "prefix_length", int(config.get("prefix_length", -1)) > 0,
+    refuse(config, "prefix_length", number(config, "prefix_length", where, integer=True, default=-1) > 0,
            "a padded fixed-length prefix is not ported")
     refuse(config, "attention_mode", config.get("attention_mode", "cross_attn") not in ("cross_attn", "self_attn"),
            "only cross_attn and self_attn are ported")
@@ -63,9 +68,9 @@ def _check_supported(config: dict[str, Any], path: Path) -> None:
            "real-time chunking is not ported")
     refuse(config, "use_cache", config.get("use_cache", True) is False,
            "the prefix K/V cache is how the export splits the model")
-    refuse(config, "n_obs_steps", int(config.get("n_obs_steps", 1)) != 1, "only one observation step")
-    layers = int(config.get("num_expert_layers", -1))
-    refuse(config, "num_expert_layers", layers > 0 and layers != int(config["num_vlm_layers"]),
+    layers = number(config, "num_expert_layers", where, integer=True, default=-1)
+    vlm_layers = number(config, "num_vlm_layers", where, integer=True)
+    refuse(config, "num_expert_layers", layers > 0 and layers != vlm_layers,
            "an expert with fewer layers than the VLM is not ported")
 
 
@@ -89,15 +94,31 @@ def _count_layers(weights: dict, prefix: str) -> int:
     return len({k[len(prefix):].split(".")[0] for k in weights if k.startswith(prefix)})
 
 
-def _arch(config, vlm_cfg, weights, features, vlm_path: Path) -> SmolVLAArch:
-    """Sizes from the weights' shapes and the head counts / norms of the VLM config."""
+def _section(vlm_cfg: dict[str, Any], name: str, vlm_path: Path) -> dict[str, Any]:
+    section = vlm_cfg.get(name) or {}
+    if not isinstance(section, dict):
+        raise CheckpointError(f"{vlm_path} field {name} is not a JSON object")
+    return section
+
+
+def _arch(config, vlm_cfg, weights, features, ckpt_config: Path, vlm_path: Path) -> SmolVLAArch:
+    """Sizes from the weights' shapes, config.json (``ckpt_config``) and the head counts /
+    norms of the VLM config (``vlm_path``). Raises CheckpointError naming file and field."""
     def shape(key: str) -> tuple[int, ...]:
         if key not in weights:
             raise CheckpointError(f"model.safetensors lacks {key}")
         return weights[key].shape
 
-    text, vision = vlm_cfg.get("text_config", {}), vlm_cfg.get("vision_config", {})
-    heads = int(text.get("num_attention_heads", 32))
+    text, vision = _section(vlm_cfg, "text_config", vlm_path), _section(vlm_cfg, "vision_config", vlm_path)
+    in_text, in_vision, own = f"{vlm_path} text_config", f"{vlm_path} vision_config", str(ckpt_config)
+
+    def text_int(field: str, default: int) -> int:
+        return number(text, field, in_text, integer=True, default=default)
+
+    def own_int(field: str, **default: int) -> int:
+        return number(config, field, own, integer=True, **default)
+
+    heads = text_int("num_attention_heads", 32)
     v_hidden, _, patch, _ = shape(VLM + "vision_model.embeddings.patch_embedding.weight")
     t_inter, t_hidden = shape(VLM + "text_model.layers.0.mlp.gate_proj.weight")
     e_inter, e_hidden = shape(EXPERT + "layers.0.mlp.gate_proj.weight")
@@ -105,28 +126,30 @@ def _arch(config, vlm_cfg, weights, features, vlm_path: Path) -> SmolVLAArch:
     sizes = {(c.height, c.width) for c in features.cameras}
     if len(sizes) != 1:
         raise CheckpointError(f"config.json input_features: cameras of different sizes {sorted(sizes)}")
-    width, height = config["resize_imgs_with_padding"]
+    width, height = int_pair(config, "resize_imgs_with_padding", own, None)
     acts = (text.get("hidden_act", "silu"), vision.get("hidden_act", "gelu_pytorch_tanh"))
     for act in acts:
         if act not in ACTIVATIONS:
             raise CheckpointError(f"{vlm_path}: activation {act!r} is not supported")
     return SmolVLAArch(
-        num_cameras=len(features.cameras), image_hw=sizes.pop(), resize_hw=(int(height), int(width)),
+        num_cameras=len(features.cameras), image_hw=sizes.pop(), resize_hw=(height, width),
         vision_hidden=v_hidden, vision_intermediate=shape(VLM + "vision_model.encoder.layers.0.mlp.fc1.weight")[0],
         vision_layers=_count_layers(weights, VLM + "vision_model.encoder.layers."),
-        vision_heads=int(vision.get("num_attention_heads", 16)), vision_patch=patch,
+        vision_heads=number(vision, "num_attention_heads", in_vision, integer=True, default=16), vision_patch=patch,
         vision_image_size=patch * round(shape(VLM + "vision_model.embeddings.position_embedding.weight")[0] ** 0.5),
-        vision_eps=float(vision.get("layer_norm_eps", 1e-6)), vision_act=acts[1], scale_factor=sf,
+        vision_eps=number(vision, "layer_norm_eps", in_vision, default=1e-6), vision_act=acts[1], scale_factor=sf,
         vocab_size=shape(VLM + "text_model.embed_tokens.weight")[0], text_hidden=t_hidden,
         text_intermediate=t_inter, text_heads=heads,
-        text_kv_heads=int(text.get("num_key_value_heads", heads)),
-        head_dim=int(text.get("head_dim") or t_hidden // heads), text_eps=float(text.get("rms_norm_eps", 1e-6)),
-        text_act=acts[0], num_vlm_layers=int(config["num_vlm_layers"]), expert_hidden=e_hidden,
+        text_kv_heads=text_int("num_key_value_heads", heads),
+        head_dim=text_int("head_dim", 0) or t_hidden // heads,
+        text_eps=number(text, "rms_norm_eps", in_text, default=1e-6),
+        text_act=acts[0], num_vlm_layers=own_int("num_vlm_layers"), expert_hidden=e_hidden,
         expert_intermediate=e_inter, attention_mode=config.get("attention_mode", "cross_attn"),
-        self_attn_every_n_layers=int(config.get("self_attn_every_n_layers", 2)),
-        max_state_dim=int(config["max_state_dim"]), max_action_dim=int(config["max_action_dim"]),
-        chunk_size=int(config["chunk_size"]), max_text_tokens=int(config["tokenizer_max_length"]),
-        min_period=float(config.get("min_period", 4e-3)), max_period=float(config.get("max_period", 4.0)),
+        self_attn_every_n_layers=own_int("self_attn_every_n_layers", default=2),
+        max_state_dim=own_int("max_state_dim"), max_action_dim=own_int("max_action_dim"),
+        chunk_size=own_int("chunk_size"), max_text_tokens=own_int("tokenizer_max_length"),
+        min_period=number(config, "min_period", own, default=4e-3),
+        max_period=number(config, "max_period", own, default=4.0),
     )
 
 
@@ -212,13 +235,15 @@ def load_smolvla(checkpoint_dir: str | Path, vlm_dir: str | Path | None = None) 
     config = read_config(checkpoint)
     if config["type"] != "smolvla":
         raise CheckpointError(f"{checkpoint / 'config.json'}: type {config['type']!r} is not smolvla")
-    _check_supported(config, checkpoint)
-    features = read_features(config, checkpoint / "config.json")
+    own = checkpoint / CONFIG
+    _check_supported(config, own)
+    features = read_features(config, own)
     features.cameras[:] = [c for c in features.cameras if not c.name.startswith("empty_camera_")]
+    check_interface(config, features, str(own))
     vlm = _vlm_directory(config, vlm_dir)
     vlm_cfg = read_json(vlm / "config.json")
     weights, sha = read_weights(checkpoint)
-    arch = _arch(config, vlm_cfg, weights, features, vlm / "config.json")
+    arch = _arch(config, vlm_cfg, weights, features, own, vlm / "config.json")
     prefix, expert = build_modules(arch)
     load_lerobot_weights(prefix, expert, weights)
     stats, norm = read_normalization(checkpoint, features)
@@ -226,8 +251,9 @@ def load_smolvla(checkpoint_dir: str | Path, vlm_dir: str | Path | None = None) 
         kind="smolvla", prefix=prefix, expert=expert, state_input="prefix",
         cameras=features.cameras, state_dim=features.state_dim, action_dim=features.action_dim,
         max_state_dim=arch.max_state_dim, max_action_dim=arch.max_action_dim,
-        chunk_size=arch.chunk_size, n_action_steps=int(config["n_action_steps"]),
-        num_steps=int(config.get("num_steps", 10)), max_text_tokens=arch.max_text_tokens,
+        chunk_size=arch.chunk_size, n_action_steps=number(config, "n_action_steps", str(own), integer=True),
+        num_steps=number(config, "num_steps", str(own), integer=True, default=10),
+        max_text_tokens=arch.max_text_tokens,
         prefix_len=arch.prefix_len, num_kv_layers=arch.num_vlm_layers, kv_dim=arch.kv_dim,
         tokenizer=_tokenizer_spec(vlm, arch.max_text_tokens), stats=stats,
         tokenizer_file=vlm / "tokenizer.json",
