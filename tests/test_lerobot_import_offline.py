@@ -298,3 +298,13 @@ def test_a_missing_tokenizer_says_which(tmp_path):
     assert result.exit_code == 2 and "--tokenizer" in result.output and "nope.json does not exist" in result.output
     assert "pass --tokenizer" not in result.output
 
+
+def test_an_output_that_is_a_file_is_refused_naming_output(tmp_path):
+    ckpt = _checkpoint(tmp_path / "ckpt", **FEATURES)
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for target, extra in ((afile, ()), (afile, ("--overwrite",)), (afile / "sub", ())):
+        result = _import(str(ckpt), "--output", str(target), *extra)
+        assert result.exit_code == 2, result.output
+        assert f"--output {target}" in result.output and "an existing file, not a directory" in result.output
+    assert afile.read_text() == "keep me"

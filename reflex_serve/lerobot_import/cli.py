@@ -4,8 +4,8 @@ Reads a LeRobot checkpoint with plain files (no LeRobot needed), writes an expor
 directory and checks ONNX Runtime against the native torch modules on synthetic
 observations. Exit status: 0 written and verified; 1 parity mismatch (the export is
 removed: nothing unverified is left to serve); 2 a missing or invalid checkpoint, an
-unsupported setting (the message names the file or config field), or an output
-directory that is not empty without --overwrite.
+unsupported setting (the message names the file or config field), an output
+directory that is not empty without --overwrite, or an --output that is a file.
 """
 
 from __future__ import annotations
@@ -24,6 +24,15 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _check_output(output: Path) -> None:
+    """Exit 2 naming --output when it, or the nearest existing folder above it, is a file
+    (a directory cannot be written there, with or without --overwrite)."""
+    existing = next(p for p in (output, *output.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        where = "is" if existing == output else f"lies under {existing}, which is"
+        _fail(f"--output {output} {where} an existing file, not a directory")
+
+
 @import_app.command("lerobot")
 def import_lerobot(
     checkpoint_dir: Annotated[Path, typer.Argument(help="LeRobot checkpoint directory (config.json, model.safetensors, policy_*processor files).")],
@@ -40,6 +49,7 @@ def import_lerobot(
     from .imported import CheckpointError
     from .registry import load_checkpoint, policy_kind
 
+    _check_output(output)
     try:
         policy = load_checkpoint(checkpoint_dir, vlm_dir=vlm, tokenizer_file=tokenizer)
         manifest = export_imported(policy, output, policy_kind=policy_kind(policy.kind), overwrite=overwrite)
