@@ -153,3 +153,16 @@ def test_eval_refuses_a_libero_checkpoint_naming_the_suite(teacher, tmp_path):
     done = reflex("eval", str(tmp_path / "export"), "--num-episodes", "1", "--no-progress")
     assert done.returncode == 2
     assert "trained for LIBERO" in done.stderr and "not installed" in done.stderr
+
+
+def test_fewer_step_teacher_candidate_keeps_the_imported_files(teacher, served, tmp_path):
+    """The loop's teacher@N candidate of an imported teacher: same artifacts (tokenizer.json
+    included), its modules rebuilt from the teacher's provenance, validated and served."""
+    out = tmp_path / "teacher@2"
+    done = reflex("models", "derive", str(teacher), "--num-steps", "2", "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    m = read_manifest(out, verify=True)
+    assert m.num_steps == 2 and m.extra_artifacts == read_manifest(teacher).extra_artifacts
+    done = reflex("validate", "export", str(out), "--reference", str(teacher), "--data-dir", str(served), "--json")
+    report = json.loads(done.stdout)
+    assert report["parity_max_abs"] < 1e-4 and report["student_num_steps"] == 2

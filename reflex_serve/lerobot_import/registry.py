@@ -114,8 +114,11 @@ def load_modules(export_dir: str | Path) -> tuple[nn.Module, nn.Module]:
     if manifest.policy_kind not in KINDS:
         raise ExportError(f"{export_dir}: policy_kind {manifest.policy_kind!r} is not an imported "
                           f"LeRobot policy (known: {sorted(KINDS)})")
+    provenance = manifest.provenance
+    if "architecture" not in provenance and "teacher_provenance" in provenance:
+        provenance = provenance["teacher_provenance"]  # teacher@N: the teacher's modules
     try:
-        prefix, expert = _port(KINDS[manifest.policy_kind]).modules_from_provenance(manifest.provenance)
+        prefix, expert = _port(KINDS[manifest.policy_kind]).modules_from_provenance(provenance)
     except (KeyError, TypeError, CheckpointError) as exc:
         raise ExportError(f"{export_dir}: manifest provenance cannot rebuild the modules: {exc!r}") from exc
     tensors = load_file(str(export_dir / WEIGHTS))

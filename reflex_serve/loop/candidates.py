@@ -238,7 +238,7 @@ def teacher_at_steps(teacher_dir: Path | str, num_steps: int, out_dir: Path | st
     except OSError as exc:
         raise CandidateError("output", f"cannot create {out_dir}: {exc.strerror or exc}") from None
     try:
-        for name in ARTIFACTS:
+        for name in (*ARTIFACTS, *teacher.extra_artifacts):  # tokenizer.json, *.onnx.data
             _link_or_copy(teacher_dir / name, tmp / name)
         write_manifest(tmp, derived)
         if derived.digest != expected:  # pragma: no cover (a file changed while linking)
