@@ -261,3 +261,39 @@ def check_http(policy: ImportedPolicy, ref: dict, observation: dict, out: Path, 
     worst = float(np.abs(actions - ref["actions"][-1]).max())
     assert worst < TOLERANCE, worst
     return worst
+
+
+def pi_fixtures(kind: str, loader):
+    """The module-scoped fixtures a port test needs, for ``kind`` ("pi0" / "pi05") and its
+    loader (``load_pi0`` / ``load_pi05``): hf_home, checkpoint (built offline, seed 0),
+    observation, ref (LeRobot's actions for noises_with_http_seed()) and policy (the port).
+    Unpack them into module globals so pytest finds them."""
+    import pytest
+    from lerobot_helpers import make_observation
+
+    from reflex_serve.lerobot_import import venv
+
+    @pytest.fixture(scope="module")
+    def hf_home(tmp_path_factory):
+        return tmp_path_factory.mktemp("hf-home")
+
+    @pytest.fixture(scope="module")
+    def checkpoint(tmp_path_factory, hf_home):
+        out = tmp_path_factory.mktemp(kind) / "ckpt"
+        return venv.build_tiny(kind, out, seed=0, hf_home=hf_home)["checkpoint"]
+
+    @pytest.fixture(scope="module")
+    def observation():
+        return make_observation()
+
+    @pytest.fixture(scope="module")
+    def ref(checkpoint, observation, hf_home):
+        return venv.reference_actions(
+            checkpoint, noise=noises_with_http_seed(), repeats=1, hf_home=hf_home, **observation
+        )
+
+    @pytest.fixture(scope="module")
+    def policy(checkpoint, hf_home):
+        return loader(checkpoint, tokenizer_file(hf_home))
+
+    return hf_home, checkpoint, observation, ref, policy

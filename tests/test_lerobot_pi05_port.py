@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lerobot_helpers import INSTRUCTION, make_observation, requires_venv
+from lerobot_helpers import INSTRUCTION, requires_venv
 from lerobot_pi_helpers import (
     check_actions,
     check_http,
@@ -21,43 +21,17 @@ from lerobot_pi_helpers import (
     check_refusal,
     check_reproducible,
     check_tokens,
-    noises_with_http_seed,
+    pi_fixtures,
     tokenizer_file,
 )
 
-from reflex_serve.lerobot_import import pi05, venv
+from reflex_serve.lerobot_import import pi05
 from reflex_serve.lerobot_import.pi_tokenizer import tokenize
 
 pytestmark = requires_venv
 
 
-@pytest.fixture(scope="module")
-def hf_home(tmp_path_factory):
-    return tmp_path_factory.mktemp("hf-home")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, hf_home):
-    return venv.build_tiny(
-        "pi05", tmp_path_factory.mktemp("pi05") / "ckpt", seed=0, hf_home=hf_home
-    )["checkpoint"]
-
-
-@pytest.fixture(scope="module")
-def observation():
-    return make_observation()
-
-
-@pytest.fixture(scope="module")
-def ref(checkpoint, observation, hf_home):
-    return venv.reference_actions(
-        checkpoint, noise=noises_with_http_seed(), repeats=1, hf_home=hf_home, **observation
-    )
-
-
-@pytest.fixture(scope="module")
-def policy(checkpoint, hf_home):
-    return pi05.load_pi05(checkpoint, tokenizer_file(hf_home))
+hf_home, checkpoint, observation, ref, policy = pi_fixtures("pi05", pi05.load_pi05)
 
 
 def test_sizes_and_interface(policy):

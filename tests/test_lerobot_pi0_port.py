@@ -9,7 +9,7 @@ predict_action_chunk on the same observation and explicit noise (docs/lerobot.md
 from __future__ import annotations
 
 import pytest
-from lerobot_helpers import make_observation, requires_venv
+from lerobot_helpers import requires_venv
 from lerobot_pi_helpers import (
     check_actions,
     check_http,
@@ -19,42 +19,16 @@ from lerobot_pi_helpers import (
     check_refusal,
     check_reproducible,
     check_tokens,
-    noises_with_http_seed,
+    pi_fixtures,
     tokenizer_file,
 )
 
-from reflex_serve.lerobot_import import pi0, venv
+from reflex_serve.lerobot_import import pi0
 
 pytestmark = requires_venv
 
 
-@pytest.fixture(scope="module")
-def hf_home(tmp_path_factory):
-    return tmp_path_factory.mktemp("hf-home")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, hf_home):
-    return venv.build_tiny("pi0", tmp_path_factory.mktemp("pi0") / "ckpt", seed=0, hf_home=hf_home)[
-        "checkpoint"
-    ]
-
-
-@pytest.fixture(scope="module")
-def observation():
-    return make_observation()
-
-
-@pytest.fixture(scope="module")
-def ref(checkpoint, observation, hf_home):
-    return venv.reference_actions(
-        checkpoint, noise=noises_with_http_seed(), repeats=1, hf_home=hf_home, **observation
-    )
-
-
-@pytest.fixture(scope="module")
-def policy(checkpoint, hf_home):
-    return pi0.load_pi0(checkpoint, tokenizer_file(hf_home))
+hf_home, checkpoint, observation, ref, policy = pi_fixtures("pi0", pi0.load_pi0)
 
 
 def test_sizes_come_from_the_weights(policy):
