@@ -212,7 +212,9 @@ def test_a_skipped_suite_is_one_item_and_the_run_error_names_the_failed_gates():
     ]
     assert failed_gates("gates not passed: " + "; ".join(lines)) == "P3 failed"
     p1 = "gates not passed: P1 task_success not evaluated: 20 episodes cannot show"
-    assert failed_gates(p1) == "P1 failed"
+    assert failed_gates(p1) == "P1 not evaluated"
+    both = "gates not passed: P4 latency_speedup 0.6 (needs <= 0.5): slow; P1 task_success not evaluated: no suite"
+    assert failed_gates(both) == "P4 failed and P1 not evaluated"
     assert failed_gates("the gates could not run: boom") == "the gates could not run: boom"
 
 

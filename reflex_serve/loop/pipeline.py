@@ -41,9 +41,17 @@ ACTOR = "distill-loop"
 
 
 def failed_gates(reason: str) -> str:
-    """The gate ids a refusal reason names (``"S3, P3 failed"``), else the reason."""
-    ids = re.findall(r"(?:^|: |; )([SP][1-6]) [a-z_]+ (?!not evaluated: skipped)", reason)
-    return f"{', '.join(dict.fromkeys(ids))} failed" if ids else reason
+    """The gate ids a refusal reason names (``"S3, P3 failed"``, ``"P1, P2 not
+    evaluated"``), else the reason. Gates skipped because others failed are not named."""
+    found = re.findall(
+        r"(?:^|: |; )([SP][1-6]) [a-z_]+ (?!not evaluated: skipped)(not evaluated)?", reason
+    )
+    groups = [
+        f"{', '.join(dict.fromkeys(g for g, unevaluated in found if bool(unevaluated) == flag))} {what}"
+        for flag, what in ((False, "failed"), (True, "not evaluated"))
+        if any(bool(unevaluated) == flag for _, unevaluated in found)
+    ]
+    return " and ".join(groups) if groups else reason
 
 
 class Refused(Exception):
