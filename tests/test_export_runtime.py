@@ -66,7 +66,7 @@ def test_seeded_noise_is_deterministic_and_steps_are_overridable(tiny_export):
     one = policy.act(obs, seed=7, num_steps=1)
     assert one.num_steps == 1 and a.num_steps == 10
     assert not np.allclose(one.actions, a.actions)
-    ref = torch_act(load_model(tiny_export / "model.safetensors"), policy.stats, obs, policy.make_noise(7), 1)
+    ref = torch_act(load_model(tiny_export / "model.safetensors"), policy, obs, policy.make_noise(7), 1)
     assert np.abs(ref - one.actions).max() < 1e-4
 
 

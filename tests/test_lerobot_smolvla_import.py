@@ -21,10 +21,11 @@ from lerobot_helpers import CAMERAS, make_noises, make_observation, requires_ven
 from typer.testing import CliRunner
 
 from reflex_serve.cli import app
-from reflex_serve.export.imported_export import torch_actions
 from reflex_serve.export.manifest import read_manifest
+from reflex_serve.export.parity import torch_act
 from reflex_serve.lerobot_import import venv
 from reflex_serve.lerobot_import.checkpoint import file_sha256
+from reflex_serve.lerobot_import.imported import ImportedFlowModel
 from reflex_serve.lerobot_import.smolvla import load_smolvla
 from reflex_serve.policy.tokenizer import make_text_encoder
 from reflex_serve.runtime.cache import PrefixCache
@@ -96,9 +97,9 @@ def test_tokens_and_state_match_lerobot(checkpoint, export, ref, obs):
 
 def test_native_torch_modules_match_lerobot(checkpoint, export, ref, obs, noises):
     imported = load_smolvla(checkpoint)
-    encoder = make_text_encoder(imported.tokenizer, imported.max_text_tokens, export)
+    model = ImportedFlowModel(imported.prefix, imported.expert, imported.state_input)
     for k, noise in enumerate(noises):
-        ours = torch_actions(imported, encoder, obs, noise, num_steps=10)
+        ours = torch_act(model, Policy(export), obs, noise, num_steps=10)
         assert np.abs(ours - ref["actions"][k]).max() < TOL
     # the noise really matters, so the comparison above could fail
     assert np.abs(ref["actions"][0] - ref["actions"][1]).max() > 0.1

@@ -23,26 +23,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from ..lerobot_import.imported import ImportedFlowModel, ImportedPolicy
-from ..policy.flow import euler_schedule
-from ..policy.tokenizer import make_text_encoder
-from ..runtime.policy import Policy
-from ..runtime.types import Observation
 from .manifest import (
     EXPERT_ONNX,
     PREFIX_ONNX,
     STATS,
     WEIGHTS,
-    ExportError,
     Manifest,
     write_manifest,
 )
-from .onnx_export import _onnx_export
-from .parity import DEFAULT_TOLERANCE, ParityError, ParityReport, max_abs_diff, random_observations
+from .onnx_export import _onnx_export, prepare_export_dir
+from .parity import DEFAULT_TOLERANCE, ParityReport, check_parity
 
 
 def graph_inputs(state_input: str) -> tuple[list[str], list[str]]:
@@ -130,12 +124,7 @@ def export_imported(
     Raises:
         ExportError: if ``out_dir`` holds files and ``overwrite`` is False.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise ExportError(f"{out_dir} is not empty; an export directory is immutable once written")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_export_dir(out_dir, overwrite)
     prefix, expert = policy.prefix.eval(), policy.expert.eval()
     prefix_names, expert_names = graph_inputs(policy.state_input)
     ex = _example(policy)
@@ -172,54 +161,15 @@ def export_imported(
     return write_manifest(out_dir, manifest)
 
 
-def torch_actions(policy: ImportedPolicy, encoder, obs: Observation, noise: np.ndarray,
-                  num_steps: int, target_time: str = "instantaneous") -> np.ndarray:
-    """The PyTorch reference of ``Policy.act`` for an imported policy: float32 (H, action_dim).
-
-    ``encoder`` is the export's text encoder (:func:`make_text_encoder`); ``noise`` float32
-    (H, max_action_dim).
-    """
-    state = np.zeros(policy.max_state_dim, np.float32)
-    state[: policy.state_dim] = policy.stats.state.normalize(obs.state.astype(np.float32))
-    tokens, mask = encoder.encode(obs.instruction, state[: policy.state_dim])
-    images = np.stack([obs.images[c.name] for c in policy.cameras])[None]
-    model = ImportedFlowModel(policy.prefix, policy.expert, policy.state_input).eval()
-    st = torch.from_numpy(state[None])
-    with torch.no_grad():
-        kv, pmask = model.encode_prefix(torch.from_numpy(images), torch.from_numpy(tokens[None]),
-                                        torch.from_numpy(mask[None]), st)
-        x = _euler(model, kv, pmask, st, torch.from_numpy(noise[None]), num_steps, target_time)
-    return policy.stats.action.unnormalize(x[0, :, : policy.action_dim].numpy())
-
-
-def _euler(model, kv, pmask, state, x, num_steps: int, target_time: str) -> torch.Tensor:
-    """Euler from x (noise at t = 1) as the runtime does: x <- x - (1/N) v(x, t, s)."""
-    dt = np.float32(1.0 / num_steps)
-    for t, s in euler_schedule(num_steps, target_time):
-        v = model.velocity(x, torch.full((1,), t), torch.full((1,), s), state, kv, pmask)
-        x = x - dt * v
-    return x
-
-
 def check_imported_parity(policy: ImportedPolicy, export_dir: Path, *, observations: int = 3,
                           seed: int = 0, num_steps: int | None = None,
                           tolerance: float = DEFAULT_TOLERANCE) -> ParityReport:
-    """ONNX Runtime (``Policy.act``) vs the torch modules on synthetic observations.
+    """ONNX Runtime (``Policy.act``) vs the port's torch modules on synthetic observations
+    (:func:`~reflex_serve.export.parity.check_parity` on them).
 
     Raises:
         ParityError: if the max abs action difference exceeds ``tolerance``.
     """
-    runtime = Policy(export_dir)
-    encoder = make_text_encoder(runtime.manifest.tokenizer, runtime.manifest.max_text_tokens, export_dir)
-    n = num_steps or runtime.num_steps
-    worst = 0.0
-    for i, obs in enumerate(random_observations(runtime, observations, seed)):
-        noise = runtime.make_noise(seed + i)
-        ours = runtime.act(obs, noise=noise, num_steps=n).actions
-        ref = torch_actions(policy, encoder, obs, noise, n, runtime.manifest.target_time)
-        worst = max(worst, max_abs_diff(ours, ref))
-    report = ParityReport(max_abs_diff=worst, tolerance=tolerance, observations=observations, num_steps=n)
-    if not report.ok:
-        raise ParityError(f"ONNX Runtime vs torch max abs action difference {worst:.3g} > {tolerance:g} "
-                          f"over {observations} observations at {n} steps")
-    return report
+    model = ImportedFlowModel(policy.prefix, policy.expert, policy.state_input)
+    return check_parity(model, export_dir, observations=observations, seed=seed,
+                        num_steps=num_steps, tolerance=tolerance)

@@ -71,6 +71,22 @@ def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], 
         )
 
 
+def prepare_export_dir(out_dir: Path | str, overwrite: bool) -> Path:
+    """Create ``out_dir`` for a new export, emptying it first with ``overwrite``.
+
+    Raises:
+        ExportError: ``out_dir`` holds files and ``overwrite`` is False (an export
+            directory is immutable once written).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{out_dir} is not empty; an export directory is immutable once written")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
 def export_policy(
     model: FlowMatchingVLA,
     stats: DatasetStats,
@@ -103,12 +119,7 @@ def export_policy(
     Raises:
         ExportError: if ``out_dir`` holds files and ``overwrite`` is False.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise ExportError(f"{out_dir} is not empty; an export directory is immutable once written")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_export_dir(out_dir, overwrite)
     model = model.eval()
     cfg = model.config
 

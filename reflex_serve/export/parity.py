@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from ..policy import tokenizer
-from ..policy.modeling import FlowMatchingVLA
-from ..policy.normalize import DatasetStats
+from ..policy.flow import euler_schedule
 from ..runtime.policy import Policy
 from ..runtime.types import Observation
 
@@ -47,15 +46,25 @@ def max_abs_diff(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(diff.max()) if np.isfinite(diff).all() else float("inf")
 
 
-def torch_act(model: FlowMatchingVLA, stats: DatasetStats, obs: Observation, noise: np.ndarray,
-              num_steps: int, target_time: str = "instantaneous") -> np.ndarray:
-    """The PyTorch reference for ``Policy.act``: unnormalized actions float32 (H, A)."""
-    cfg = model.config
-    images = torch.from_numpy(np.stack([obs.images[name] for name, _, _ in cfg.cameras])[None])
-    tokens = torch.from_numpy(tokenizer.tokenize(obs.instruction, cfg.max_text_tokens, cfg.vocab_size)[None])
-    state = torch.from_numpy(stats.state.normalize(obs.state)[None])
-    x = model.sample(images, tokens, state, torch.from_numpy(noise[None]), num_steps, target_time)
-    return stats.action.unnormalize(x[0].numpy())
+def torch_act(model: nn.Module, policy: Policy, obs: Observation, noise: np.ndarray,
+              num_steps: int) -> np.ndarray:
+    """The PyTorch reference for ``policy.act``: unnormalized actions float32 (H, action_dim).
+
+    The inputs are the runtime's own (``policy.prefix_inputs``, ``policy.model_state``);
+    ``model`` replaces the two graphs: anything with ``encode_prefix(**prefix feeds)`` and
+    ``velocity(x_t, t, s, state, prefix_kv, prefix_mask)`` (the native policy, or an
+    imported one as :class:`~reflex_serve.lerobot_import.imported.ImportedFlowModel`).
+    ``noise``: float32 ``policy.noise_shape`` (H, max_action_dim).
+    """
+    state = policy.model_state(obs)
+    feeds = {k: torch.from_numpy(v) for k, v in policy.prefix_inputs(obs, state).items()}
+    st, x = torch.from_numpy(state), torch.from_numpy(noise[None])
+    dt = np.float32(1.0 / num_steps)
+    with torch.no_grad():
+        kv, mask = model.encode_prefix(**feeds)
+        for t, s in euler_schedule(num_steps, policy.manifest.target_time):
+            x = x - dt * model.velocity(x, torch.full((1,), t), torch.full((1,), s), st, kv, mask)
+    return policy.stats.action.unnormalize(x[0, :, : policy.manifest.action_dim].numpy())
 
 
 def random_observations(policy: Policy, n: int, seed: int = 0) -> list[Observation]:
@@ -70,23 +79,21 @@ def random_observations(policy: Policy, n: int, seed: int = 0) -> list[Observati
     return out
 
 
-def check_parity(model: FlowMatchingVLA, export_dir: Path, *, observations: int = 4, seed: int = 0,
+def check_parity(model: nn.Module, export_dir: Path, *, observations: int = 4, seed: int = 0,
                  num_steps: int | None = None, tolerance: float = DEFAULT_TOLERANCE) -> ParityReport:
-    """Compare ONNX Runtime and PyTorch actions on synthetic observations.
+    """Compare ONNX Runtime and PyTorch actions (:func:`torch_act`) on synthetic observations.
 
     Raises:
         ParityError: if the max abs difference exceeds ``tolerance``.
     """
     policy = Policy(export_dir)
-    stats = policy.stats
     n = num_steps or policy.num_steps
     worst = 0.0
     model = model.eval()
     for i, obs in enumerate(random_observations(policy, observations, seed)):
         noise = policy.make_noise(seed + i)
         ours = policy.act(obs, noise=noise, num_steps=n).actions
-        ref = torch_act(model, stats, obs, noise, n, policy.manifest.target_time)
-        worst = max(worst, max_abs_diff(ours, ref))
+        worst = max(worst, max_abs_diff(ours, torch_act(model, policy, obs, noise, n)))
     report = ParityReport(worst, tolerance, observations, n)
     if not report.ok:
         raise ParityError(f"ONNX Runtime vs PyTorch max abs diff {worst:.3g} exceeds {tolerance:g}")
