@@ -153,8 +153,15 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def compute_digest(export_dir: Path, manifest: Manifest) -> str:
+def compute_digest(
+    export_dir: Path, manifest: Manifest, file_hashes: dict[str, str] | None = None
+) -> str:
     """Content digest of an export directory, ``"sha256:<hex>"``.
+
+    Args:
+        file_hashes: filled with each artifact's SHA-256 hex by file name, for a caller
+            that needs them too (the runtime keys its prefix cache by the prefix's), so
+            that no file is read twice.
 
     Raises:
         ExportError: if an artifact file is missing.
@@ -164,7 +171,10 @@ def compute_digest(export_dir: Path, manifest: Manifest) -> str:
         path = Path(export_dir) / name
         if not path.is_file():
             raise ExportError(f"{path} is missing")
-        h.update(f"{name}:{_file_sha256(path)}\n".encode())
+        digest = _file_sha256(path)
+        if file_hashes is not None:
+            file_hashes[name] = digest
+        h.update(f"{name}:{digest}\n".encode())
     content = {
         k: v
         for k, v in manifest.to_dict().items()
@@ -182,11 +192,14 @@ def write_manifest(export_dir: Path, manifest: Manifest) -> Manifest:
     return manifest
 
 
-def read_manifest(export_dir: Path, verify: bool = False) -> Manifest:
+def read_manifest(
+    export_dir: Path, verify: bool = False, file_hashes: dict[str, str] | None = None
+) -> Manifest:
     """Read ``manifest.json`` from an export directory.
 
     Args:
         verify: also recompute the content digest and compare.
+        file_hashes: with ``verify``, filled as :func:`compute_digest` does.
 
     Raises:
         ExportError: if the directory or manifest is missing or malformed, or if
@@ -203,7 +216,7 @@ def read_manifest(export_dir: Path, verify: bool = False) -> Manifest:
         raise ExportError(f"{path} is not valid JSON: {exc}") from exc
     manifest = Manifest.from_dict(data)
     if verify:
-        actual = compute_digest(export_dir, manifest)
+        actual = compute_digest(export_dir, manifest, file_hashes)
         if actual != manifest.digest:
             raise ExportError(
                 f"{export_dir} does not match its manifest digest "

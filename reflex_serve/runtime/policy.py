@@ -73,7 +73,8 @@ class Policy:
         verify: bool = False,
     ) -> None:
         self.export_dir = Path(export_dir)
-        self.manifest: Manifest = read_manifest(self.export_dir, verify=verify)
+        hashes: dict[str, str] = {}  # filled by a verifying read: each file is hashed once
+        self.manifest: Manifest = read_manifest(self.export_dir, verify=verify, file_hashes=hashes)
         self.version = self.manifest.version
         for name in (STATS, PREFIX_ONNX, EXPERT_ONNX):
             if not (self.export_dir / name).is_file():
@@ -89,9 +90,10 @@ class Policy:
             raise ExportError(f"{self.export_dir}: cannot load ONNX graphs: {exc}") from exc
         # the prefix cache is shared by exports with the same prefix graph AND weights
         # (a graph over 2 GB keeps its weights in prefix.onnx.data beside it)
-        data = self.export_dir / (PREFIX_ONNX + ".data")
-        self.prefix_digest = _file_sha256(self.export_dir / PREFIX_ONNX) + (
-            ":" + _file_sha256(data) if data.is_file() else ""
+        self.prefix_digest = ":".join(
+            hashes.get(name) or _file_sha256(self.export_dir / name)
+            for name in (PREFIX_ONNX, PREFIX_ONNX + ".data")
+            if (self.export_dir / name).is_file()
         )
         self.cache = cache
         self._rng = np.random.default_rng()
